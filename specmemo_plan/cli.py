@@ -1,0 +1,303 @@
+"""`specmemo-plan`: thin click glue. Each command gathers numbers, then renders a table or --json.
+
+The calculator commands (presets, estimate, min-budget, fit, plan) import neither torch nor
+transformers, so they answer in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import replace
+
+import click
+
+from . import budget as budget_mod
+from . import report
+from .errors import SpecMemoError
+from .memory import KV_DTYPES, WEIGHT_DTYPES, Knobs, breakdown
+from .models import check_pair, list_presets, load_preset_config, load_shape
+from .throughput import DEFAULT_ACCEPTANCE, BandwidthLatency, predict_speed, roofline_from_profile
+from .units import format_bytes, parse_bytes
+
+
+def main():
+    cli(prog_name="specmemo-plan")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="specmemo-plan")
+def cli():
+    """Memory planner, autotuner and runtime for speculative decoding on small GPUs."""
+
+
+# ----------------------------------------------------------------------------- shared glue
+
+
+def user_errors(func):
+    """SpecMemoError -> one line, exit 1, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SpecMemoError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def emit(data: dict, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render())
+
+
+def positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def budget_option(required: bool):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse_bytes(value, "budget")
+        except SpecMemoError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option(
+        "--budget", callback=convert, required=required,
+        help="Memory budget per device: 24GiB, 24GB, 24000MB or bytes.",
+    )
+
+
+def model_options(func):
+    """Options every calculator command shares."""
+    options = [
+        click.option("--target", "-t", required=True, help="Preset name, bundled:NAME, config.json, model folder or .gguf."),
+        click.option("--draft", "-d", default=None, help="Draft model, same forms as --target. Omit for plain decoding."),
+        click.option("--draft-length", "-k", type=int, default=None, help="Draft tokens per step (default 4 with a draft)."),
+        click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive),
+        click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive,
+                     help="Tokens per sequence: prompt + generated."),
+        click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True, help="Target weights."),
+        click.option("--draft-dtype", type=click.Choice(WEIGHT_DTYPES), default=None, help="Draft weights (default: --dtype)."),
+        click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="KV cache (default: the compute dtype)."),
+        click.option("--prefill-chunk", type=int, default=None, callback=positive, help="Prompt tokens per prefill forward (default 512)."),
+        click.option("--profile", "-p", "profile_name", default=None, help="Hardware profile (see `devices --profiles`)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+DEFAULT_DRAFT_LENGTH = 4  # a common default (vLLM's examples, HF assisted generation starts at 5)
+
+
+def gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk):
+    target_shape = load_shape(target)
+    draft_shape = load_shape(draft) if draft else None
+    check_pair(target_shape, draft_shape)
+    if draft_length is None:
+        draft_length = DEFAULT_DRAFT_LENGTH if draft_shape else 0
+    knobs = Knobs(
+        batch_size=batch, max_context=context, draft_length=draft_length, weight_dtype=dtype,
+        draft_weight_dtype=draft_dtype, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
+    ).validate(has_draft=draft_shape is not None)
+    return target_shape, draft_shape, knobs
+
+
+def load_profile_or_none(name):
+    if not name:
+        return None
+    from .hardware import load_profile
+
+    return load_profile(name)
+
+
+def latency_for(profile, bandwidth_gbps, dtype):
+    """Roofline of the profile, else the bandwidth model (the speedup does not depend on its value)."""
+    if profile is not None:
+        return roofline_from_profile(profile, dtype)
+    return BandwidthLatency(bandwidth_gbps)
+
+
+def model_rows(label, shape, dtype):
+    return [
+        [f"{label}", f"{shape.name} ({shape.model_type}, {shape.num_params / 1e6:,.1f}M params, {dtype})"],
+    ]
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def presets(as_json):
+    """List the bundled model presets (real config.json files, no weights)."""
+    rows = []
+    for name in list_presets():
+        shape = load_shape(name)
+        source = load_preset_config(name).get("_specmemo_source", "")
+        rows.append({
+            "name": name, "source": source, "model_type": shape.model_type, "num_params": shape.num_params,
+            "num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
+            "vocab_size": shape.vocab_size, "kv_bytes_per_token_fp16": shape.kv_bytes_per_token_per_element * 2,
+        })
+    emit({"presets": rows}, as_json, lambda: report.table(
+        [[r["name"], r["model_type"], f"{r['num_params'] / 1e6:,.1f}M", r["num_layers"], r["num_kv_heads"],
+          r["head_dim"], r["vocab_size"], f"{r['kv_bytes_per_token_fp16'] / 1024:g}"] for r in rows],
+        ["preset", "type", "params", "layers", "KV heads", "head_dim", "vocab", "KV KiB/token (fp16)"],
+    ))
+
+
+@cli.command()
+@model_options
+@user_errors
+def estimate(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name, as_json):
+    """Memory needed, component by component (plain decoding without --draft)."""
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    profile = load_profile_or_none(profile_name)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    memory = breakdown(t, d, knobs, overhead)
+    data = dict(memory.as_dict(), knobs=knobs.__dict__, profile=profile.key if profile else None)
+    if profile is not None:
+        data["device_memory_bytes"] = profile.memory_bytes
+        data["fits"] = memory.total_bytes <= profile.memory_bytes
+
+    def render():
+        head = f"{t.name} + {d.name} (k={knobs.draft_length})" if d else f"{t.name} (plain decoding)"
+        lines = [f"{head}, batch {batch}, context {context}", report.breakdown_table(memory)]
+        if profile is not None:
+            verdict = "fits" if data["fits"] else "does NOT fit"
+            lines.append(f"{verdict} {profile.name} ({format_bytes(profile.memory_bytes)})")
+        return "\n".join(lines)
+
+    emit(data, as_json, render)
+
+
+def speed_options(func):
+    for option in reversed([
+        click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=DEFAULT_ACCEPTANCE, show_default=True,
+                     help="Per-token acceptance rate of the draft."),
+        click.option("--bandwidth", "bandwidth_gbps", type=float, default=100.0, show_default=True, callback=positive,
+                     help="GB/s for the bandwidth latency model when no --profile is given."),
+    ]):
+        func = option(func)
+    return func
+
+
+@cli.command("min-budget")
+@model_options
+@speed_options
+@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Keep at least this share of the best SD throughput (e.g. 0.96) instead of any speedup.")
+@user_errors
+def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+                   profile_name, as_json, acceptance, bandwidth_gbps, retain):
+    """Smallest memory at which speculative decoding still beats plain decoding."""
+    if not draft:
+        raise click.UsageError("min-budget needs --draft: it is the budget under which SD still pays")
+    t, d, knobs = gather_models(target, draft, draft_length or 1, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    profile = load_profile_or_none(profile_name)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    latency = latency_for(profile, bandwidth_gbps, dtype)
+    result = budget_mod.min_budget(t, d, knobs, latency, retain=retain, device_overhead_bytes=overhead, acceptance=acceptance)
+    data = {
+        "min_budget_bytes": result.total_bytes, "draft_length": result.draft_length,
+        "predicted_speedup": result.speed.speedup, "tokens_per_s": result.speed.tokens_per_s,
+        "plain_tokens_per_s": result.speed.plain_tokens_per_s, "plain_total_bytes": result.plain_total_bytes,
+        "acceptance": acceptance, "retain": retain, "latency_source": latency.source,
+        "memory": result.memory.as_dict(),
+    }
+    emit(data, as_json, lambda: "\n".join([
+        report.key_values([
+            ["minimum budget", report.describe_bytes(result.total_bytes)],
+            ["at draft length k", result.draft_length],
+            ["predicted speedup", f"{result.speed.speedup:.2f}x ({latency.source}, acceptance {acceptance})"],
+            ["plain decoding needs", report.describe_bytes(result.plain_total_bytes)],
+        ]),
+        report.breakdown_table(result.memory),
+    ]))
+
+
+@cli.command()
+@model_options
+@budget_option(required=True)
+@user_errors
+def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name, as_json, budget):
+    """What fits a budget: the largest batch, context and draft length, each with the others fixed."""
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    profile = load_profile_or_none(profile_name)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    budget_mod.check_weights_fit(t, d, knobs, budget, overhead)
+    memory = breakdown(t, d, knobs, overhead)
+    data = {
+        "budget_bytes": budget, "fits": memory.total_bytes <= budget, "total_bytes": memory.total_bytes,
+        "headroom_bytes": budget - memory.total_bytes,
+        "largest_batch": budget_mod.largest_batch(t, d, knobs, budget, device_overhead_bytes=overhead),
+        "largest_context": budget_mod.largest_context(t, d, knobs, budget, device_overhead_bytes=overhead),
+        "largest_draft_length": budget_mod.largest_draft_length(t, d, knobs, budget, device_overhead_bytes=overhead),
+        "model_max_context": t.max_position_embeddings,
+    }
+    emit(data, as_json, lambda: report.key_values([
+        ["budget", report.describe_bytes(budget)],
+        ["these knobs need", f"{report.describe_bytes(memory.total_bytes)}: {'fits' if data['fits'] else 'does NOT fit'}"],
+        [f"largest batch (context {context}, k={knobs.draft_length})", data["largest_batch"] or "none"],
+        [f"largest context (batch {batch}, k={knobs.draft_length})",
+         f"{data['largest_context'] or 'none'} (model limit {t.max_position_embeddings})"],
+        [f"largest k (batch {batch}, context {context})", data["largest_draft_length"] if d else "- (no draft)"],
+    ]))
+
+
+@cli.command()
+@model_options
+@budget_option(required=False)
+@speed_options
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
+@click.option("--sampling", type=click.Choice(["greedy", "sample"]), default="greedy", show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, callback=positive)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
+@user_errors
+def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+         as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling, temperature, seed, output):
+    """Write a plan file from explicit knobs (no profiling; `tune` measures instead)."""
+    from . import plan as plan_mod
+    from .hardware import device_spec
+
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    device, profile = device_spec(profile_name)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    budget = budget or device.total_memory_bytes
+    budget_mod.check_weights_fit(t, d, knobs, budget, overhead)
+    latency = latency_for(profile, bandwidth_gbps, dtype)
+    speed = predict_speed(t, d, knobs, latency, acceptance=acceptance)
+    p = plan_mod.make_plan(
+        target, t, draft, d, knobs, device, budget,
+        generation=plan_mod.Generation(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, seed=seed),
+        device_overhead_bytes=overhead,
+        throughput=speed.plan_fields(latency.source, "given" if acceptance != DEFAULT_ACCEPTANCE else "assumed"),
+        provenance={"command": "specmemo-plan plan", "argv": sys.argv[1:], "method": "explicit knobs, predicted"},
+    )
+    path = plan_mod.write_plan(p, output)
+    emit({"plan": str(path), **p.to_dict()}, as_json, lambda: "\n".join([
+        f"wrote {path}",
+        report.key_values([
+            ["device", f"{device.name} ({device.kind}, {format_bytes(device.total_memory_bytes)})"],
+            ["budget", report.describe_bytes(budget)],
+            ["predicted total", report.describe_bytes(p.prediction.memory["total_bytes"])],
+            ["predicted tokens/s", f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain, {latency.source})"],
+        ]),
+    ]))
+
+
+if __name__ == "__main__":
+    main()

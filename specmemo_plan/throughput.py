@@ -1,0 +1,195 @@
+"""How fast a plan runs: expected accepted tokens, a latency model, predicted tokens/s.
+
+Step time of speculative decoding with draft length k (DESIGN.md):
+    k * t_draft(B, 1) + t_target(B, k + 1)
+and each step yields E[tokens] = (1 - a^(k+1)) / (1 - a) per sequence for an i.i.d. per-token
+acceptance a (Leviathan et al. 2023, eq. 1), or the mean of a measured histogram.
+
+Latency models share one method, `forward_ms(model, dtype, batch, num_tokens, context)`:
+- `BandwidthLatency`: bytes read / bandwidth (decoding is memory-bound);
+- `RooflineLatency`: max(bytes / bandwidth, FLOPs / peak) with stated efficiencies (hardware profiles);
+- the autotuner's fitted model (`autotune.FittedLatency`) from measurements on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol, Sequence
+
+from .errors import SpecMemoError
+from .memory import Knobs, compute_dtype, dtype_bytes, weight_bytes
+from .models import ModelShape
+
+# Per-token acceptance when none is measured or given: the middle of the 0.5-0.9 range that
+# Leviathan et al. (2023, Table 3) report for small drafts of the same family.
+DEFAULT_ACCEPTANCE = 0.7
+MAX_DRAFT_LENGTH = 16  # search bound for k; acceptance^k makes longer drafts pointless
+
+
+def expected_tokens_per_step(acceptance: float, k: int) -> float:
+    """(1 - a^(k+1)) / (1 - a): accepted drafts plus the bonus token, i.i.d. acceptance a."""
+    if not 0.0 <= acceptance <= 1.0:
+        raise SpecMemoError(f"acceptance must be within [0, 1], got {acceptance}")
+    if acceptance == 1.0:
+        return float(k + 1)
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+def expected_tokens_from_histogram(histogram: Sequence[float], k: int) -> float:
+    """Mean tokens per step at draft length k from a histogram measured at k_max = len - 1.
+
+    histogram[i] = share of steps that accepted exactly i drafts. At a shorter k, a step that
+    accepted i >= k drafts accepts all k; every step adds the bonus (or correction) token.
+    """
+    total = float(sum(histogram))
+    if total <= 0:
+        raise SpecMemoError("acceptance histogram is empty")
+    return 1.0 + sum(min(i, k) * count for i, count in enumerate(histogram)) / total
+
+
+def acceptance_from_histogram(histogram: Sequence[float]) -> float:
+    """Per-token acceptance a: accepted drafts / drafts tried (each step tries drafts until one fails)."""
+    total = float(sum(histogram))
+    k_max = len(histogram) - 1
+    accepted = sum(i * c for i, c in enumerate(histogram))
+    tried = sum(min(i + 1, k_max) * c for i, c in enumerate(histogram))
+    if total <= 0 or tried <= 0:
+        raise SpecMemoError("acceptance histogram is empty")
+    return accepted / tried
+
+
+class LatencyModel(Protocol):
+    def forward_ms(self, model: ModelShape, dtype: str, batch: int, num_tokens: int, context: int) -> float:
+        """Milliseconds of one forward of `batch` sequences x `num_tokens` new tokens over `context` cached."""
+
+
+def forward_bytes(model: ModelShape, dtype: str, batch: int, num_tokens: int, context: int, kv_dtype: str | None = None) -> int:
+    """Bytes a forward moves: all weights once, the KV of B sequences at `context`, and the new KV."""
+    kv_element = dtype_bytes(kv_dtype or compute_dtype(dtype))
+    kv = model.kv_bytes_per_token_per_element * kv_element * batch * (context + num_tokens)
+    return weight_bytes(model, dtype) + kv
+
+
+def forward_flops(model: ModelShape, batch: int, num_tokens: int, context: int) -> int:
+    """2 FLOPs per weight per token for the layers (Kaplan et al. 2020), the output layer only at
+    the positions whose logits the engine computes (one per sequence at decode, n at verify), and
+    attention scores and values: 2 * 2 * L * q_dim * context per token."""
+    layer_weights = model.num_layers * sum(o * i for o, i in model.layer_linears)
+    tokens = batch * num_tokens
+    q_dim = model.num_attention_heads * model.head_dim
+    attention = 4 * model.num_layers * q_dim * (context + num_tokens) * tokens
+    output_layer = 2 * model.vocab_size * model.hidden_size * tokens
+    return 2 * layer_weights * tokens + attention + output_layer
+
+
+@dataclass(frozen=True)
+class BandwidthLatency:
+    """t = bytes moved / bandwidth: the memory-bound decoding model, before hardware profiles."""
+
+    bandwidth_gbps: float  # GB/s, 10^9 bytes/s
+
+    @property
+    def source(self) -> str:
+        return f"bandwidth:{self.bandwidth_gbps:g}GB/s"
+
+    def forward_ms(self, model, dtype, batch, num_tokens, context):
+        return forward_bytes(model, dtype, batch, num_tokens, context) / (self.bandwidth_gbps * 1e9) * 1e3
+
+
+@dataclass(frozen=True)
+class RooflineLatency:
+    """max(bytes / (bandwidth * e_bw), FLOPs / (peak * e_flops)) + a fixed per-forward cost.
+
+    Default efficiencies: decoding kernels reach about 80% of peak DRAM bandwidth and large
+    matmuls about 60% of dense peak (measured ranges in the LLM-Viewer roofline study,
+    Yuan et al. 2024, and llm-analysis' defaults); the fixed cost stands for kernel launches.
+    """
+
+    bandwidth_gbps: float
+    peak_tflops: float  # dense, in the compute dtype
+    bandwidth_efficiency: float = 0.8
+    compute_efficiency: float = 0.6
+    fixed_ms: float = 0.0
+    name: str = "roofline"
+
+    @property
+    def source(self) -> str:
+        return f"roofline:{self.name}"
+
+    def forward_ms(self, model, dtype, batch, num_tokens, context):
+        memory_ms = forward_bytes(model, dtype, batch, num_tokens, context) / (
+            self.bandwidth_gbps * 1e9 * self.bandwidth_efficiency
+        ) * 1e3
+        compute_ms = forward_flops(model, batch, num_tokens, context) / (
+            self.peak_tflops * 1e12 * self.compute_efficiency
+        ) * 1e3
+        return max(memory_ms, compute_ms) + self.fixed_ms
+
+
+@dataclass(frozen=True)
+class SpeedPrediction:
+    tokens_per_s: float  # all sequences together
+    plain_tokens_per_s: float
+    speedup: float
+    expected_tokens_per_step: float
+    acceptance_rate: float
+    step_ms: float
+    plain_step_ms: float
+
+    def plan_fields(self, latency_source: str, acceptance_source: str) -> dict:
+        """The throughput fields of plan.Prediction."""
+        return dict(
+            tokens_per_s=self.tokens_per_s, plain_tokens_per_s=self.plain_tokens_per_s, speedup=self.speedup,
+            acceptance_rate=self.acceptance_rate, expected_tokens_per_step=self.expected_tokens_per_step,
+            latency_source=latency_source, acceptance_source=acceptance_source,
+        )
+
+
+def mean_context(knobs: Knobs) -> int:
+    """Cached tokens a step sees on average when sequences fill the context over their life."""
+    return max(1, knobs.max_context // 2)
+
+
+def predict_speed(
+    target: ModelShape,
+    draft: ModelShape | None,
+    knobs: Knobs,
+    latency: LatencyModel,
+    acceptance: float = DEFAULT_ACCEPTANCE,
+    histogram: Sequence[float] | None = None,
+    draft_latency: LatencyModel | None = None,
+) -> SpeedPrediction:
+    """Tokens/s of the plan and of plain decoding with the same batch and context."""
+    B, k, ctx = knobs.batch_size, knobs.draft_length, mean_context(knobs)
+    plain_ms = latency.forward_ms(target, knobs.weight_dtype, B, 1, ctx)
+    plain = B / plain_ms * 1e3
+    if draft is None or k == 0:
+        return SpeedPrediction(plain, plain, 1.0, 1.0, 0.0, plain_ms, plain_ms)
+    if histogram is not None:
+        tokens = expected_tokens_from_histogram(histogram, k)
+        acceptance = acceptance_from_histogram(histogram)
+    else:
+        tokens = expected_tokens_per_step(acceptance, k)
+    draft_ms = (draft_latency or latency).forward_ms(draft, knobs.draft_dtype, B, 1, ctx)
+    step_ms = k * draft_ms + latency.forward_ms(target, knobs.weight_dtype, B, k + 1, ctx)
+    speed = B * tokens / step_ms * 1e3
+    return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms)
+
+
+def best_draft_length(target, draft, knobs, latency, k_max=MAX_DRAFT_LENGTH, **speed_kwargs) -> tuple[int, SpeedPrediction]:
+    """The k in 1..k_max with the highest predicted tokens/s (memory not considered)."""
+    best = None
+    for k in range(1, k_max + 1):
+        prediction = predict_speed(target, draft, replace(knobs, draft_length=k), latency, **speed_kwargs)
+        if best is None or prediction.tokens_per_s > best[1].tokens_per_s:
+            best = (k, prediction)
+    return best
+
+
+def roofline_from_profile(profile, dtype: str) -> RooflineLatency:
+    """The roofline of a hardware profile (profiles/*.toml) for weights stored in `dtype`."""
+    return RooflineLatency(
+        bandwidth_gbps=profile.memory_bandwidth_gbps,
+        peak_tflops=profile.peak_tflops(compute_dtype(dtype)),
+        name=profile.key,
+    )
