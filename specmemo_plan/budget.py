@@ -100,15 +100,24 @@ def largest_batch(target, draft, knobs, budget_bytes, max_batch: int = 4096, dev
     )
 
 
+def context_limit(target: ModelShape, draft: ModelShape | None) -> int:
+    """The target's max_position_embeddings. A draft trained for fewer positions still runs past
+    them (RoPE extrapolates), only with lower acceptance, so it does not cap the context."""
+    return target.max_position_embeddings
+
+
 def largest_context(target, draft, knobs, budget_bytes, device_overhead_bytes: int = 0) -> int | None:
-    """Up to the model's max_position_embeddings: a longer context would exceed what it was trained for."""
-    limit = min(target.max_position_embeddings, draft.max_position_embeddings if draft else target.max_position_embeddings)
+    """Up to `context_limit`: a longer context would exceed what the target was trained for."""
+    limit = context_limit(target, draft)
     return _largest(
         lambda c: fits(target, draft, replace(knobs, max_context=c), budget_bytes, device_overhead_bytes), 1, limit
     )
 
 
-def largest_draft_length(target, draft, knobs, budget_bytes, k_max: int = 64, device_overhead_bytes: int = 0) -> int | None:
+K_SEARCH_LIMIT = 64  # draft lengths past this accept nothing more at any realistic acceptance (a^64)
+
+
+def largest_draft_length(target, draft, knobs, budget_bytes, k_max: int = K_SEARCH_LIMIT, device_overhead_bytes: int = 0) -> int | None:
     if draft is None:
         return None
     return _largest(

@@ -110,6 +110,17 @@ def gather_models(target, draft, draft_length, batch, context, dtype, draft_dtyp
         batch_size=batch, max_context=context, draft_length=draft_length, weight_dtype=dtype,
         draft_weight_dtype=draft_dtype, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
     ).validate(has_draft=draft_shape is not None)
+    if context > target_shape.max_position_embeddings:
+        raise SpecMemoError(
+            f"context {context} exceeds the target's {target_shape.max_position_embeddings} positions",
+            f"use --context {target_shape.max_position_embeddings} or less",
+        )
+    if draft_shape and context > draft_shape.max_position_embeddings:
+        click.echo(
+            f"note: the draft was trained for {draft_shape.max_position_embeddings} positions; "
+            "its acceptance may drop past them",
+            err=True,
+        )
     return target_shape, draft_shape, knobs
 
 
@@ -119,6 +130,24 @@ def load_profile_or_none(name):
     from .hardware import load_profile
 
     return load_profile(name)
+
+
+def device_spec(profile_name):
+    """The plan's device: a named profile, else this machine's first GPU, else its CPU."""
+    from .hardware import load_profile, probe_devices, profile_for_device
+    from .plan import DeviceSpec
+
+    if profile_name:
+        p = load_profile(profile_name)
+        return DeviceSpec(kind=p.backend, name=p.name, total_memory_bytes=p.memory_bytes, profile=p.key), p
+    devices, _notes = probe_devices(use_torch=False)
+    device = next((d for d in devices if d.backend != "cpu"), devices[-1])
+    profile = profile_for_device(device) if device.profile_key else None
+    spec = DeviceSpec(
+        kind=device.backend, name=device.name, total_memory_bytes=device.total_memory_bytes,
+        profile=profile.key if profile else None,
+    )
+    return spec, profile
 
 
 def latency_for(profile, bandwidth_gbps, dtype):
@@ -245,15 +274,16 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
         "largest_batch": budget_mod.largest_batch(t, d, knobs, budget, device_overhead_bytes=overhead),
         "largest_context": budget_mod.largest_context(t, d, knobs, budget, device_overhead_bytes=overhead),
         "largest_draft_length": budget_mod.largest_draft_length(t, d, knobs, budget, device_overhead_bytes=overhead),
-        "model_max_context": t.max_position_embeddings,
+        "model_max_context": budget_mod.context_limit(t, d),
     }
     emit(data, as_json, lambda: report.key_values([
         ["budget", report.describe_bytes(budget)],
         ["these knobs need", f"{report.describe_bytes(memory.total_bytes)}: {'fits' if data['fits'] else 'does NOT fit'}"],
         [f"largest batch (context {context}, k={knobs.draft_length})", data["largest_batch"] or "none"],
         [f"largest context (batch {batch}, k={knobs.draft_length})",
-         f"{data['largest_context'] or 'none'} (model limit {t.max_position_embeddings})"],
-        [f"largest k (batch {batch}, context {context})", data["largest_draft_length"] if d else "- (no draft)"],
+         f"{data['largest_context'] or 'none'} (models' limit {data['model_max_context']})"],
+        [f"largest k (batch {batch}, context {context}, searched to {budget_mod.K_SEARCH_LIMIT})",
+         (data["largest_draft_length"] or "none") if d else "- (no draft)"],
     ]))
 
 
@@ -271,7 +301,6 @@ def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dty
          as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling, temperature, seed, output):
     """Write a plan file from explicit knobs (no profiling; `tune` measures instead)."""
     from . import plan as plan_mod
-    from .hardware import device_spec
 
     t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
     device, profile = device_spec(profile_name)

@@ -30,7 +30,7 @@ def breakdown_table(memory: MemoryBreakdown) -> str:
 
 def key_values(pairs) -> str:
     """Two-column table of (label, value)."""
-    return table([[k, v] for k, v in pairs], ["", ""])
+    return tabulate([[k, v] for k, v in pairs], tablefmt="plain")
 
 
 def describe_bytes(nbytes: int | None) -> str:
