@@ -1,0 +1,270 @@
+"""The autotuner's arithmetic: fit a latency model to measurements, then search the knobs.
+
+Measuring (timing forward passes, the acceptance histogram) needs torch and lives in
+`engine/profiling.py`; this module only reads its samples, so it stays importable without torch.
+
+Latency model per model, fitted with scipy (non-negative least squares on relative error):
+    t(B, n, S) = c0 + c1 * B*n + c2 * B*S + c3 * B*n*S        [ms]
+c0 is the per-forward floor (reading the weights, launching kernels), c1 the per-token work of
+the layers and output layer, c2 reading the KV cache of S cached tokens per sequence, c3 the
+attention of n new tokens over S. The same shape as the roofline's bytes and FLOPs terms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from .errors import SpecMemoError
+from .memory import Knobs, MemoryBreakdown, breakdown
+from .models import ModelShape
+from .throughput import SpeedPrediction, predict_speed
+
+FEATURES = ("1", "B*n", "B*S", "B*n*S")
+MEASURED_PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LatencySample:
+    model: str  # "target" or "draft"
+    batch: int
+    num_tokens: int  # new tokens per sequence in the forward
+    context: int  # cached tokens per sequence before it
+    ms: float  # median wall time
+
+
+def _features(batch: int, num_tokens: int, context: int) -> list[float]:
+    return [1.0, batch * num_tokens, batch * context, batch * num_tokens * context]
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    coefficients: tuple[float, ...]  # for FEATURES, ms
+    mean_abs_pct_error: float  # on the samples it was fitted to
+    max_abs_pct_error: float
+    num_samples: int
+
+    def ms(self, batch: int, num_tokens: int, context: int) -> float:
+        return sum(c * f for c, f in zip(self.coefficients, _features(batch, num_tokens, context)))
+
+
+def fit_latency(samples: Sequence[LatencySample]) -> LatencyFit:
+    """Non-negative least squares on relative error (scipy.optimize.nnls): every coefficient is a
+    cost, so none may be negative, and short forwards matter as much as long ones."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len(samples) < len(FEATURES):
+        raise SpecMemoError(f"{len(samples)} latency samples cannot fit {len(FEATURES)} coefficients", "profile a larger grid")
+    X = np.array([_features(s.batch, s.num_tokens, s.context) for s in samples], dtype=float)
+    y = np.array([s.ms for s in samples], dtype=float)
+    if np.any(y <= 0):
+        raise SpecMemoError("latency samples must be positive")
+    scale = X.max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls((X / scale) / y[:, None], np.ones_like(y))
+    coef = coef / scale
+    pct = np.abs(X @ coef - y) / y * 100
+    return LatencyFit(tuple(float(c) for c in coef), float(pct.mean()), float(pct.max()), len(samples))
+
+
+@dataclass(frozen=True)
+class FittedLatency:
+    """The throughput module's latency interface over fitted curves, one per model role."""
+
+    target: LatencyFit
+    draft: LatencyFit | None
+    target_fingerprint: str
+    draft_fingerprint: str | None
+    name: str = "measured"
+
+    @property
+    def source(self) -> str:
+        return f"measured:{self.name}"
+
+    def forward_ms(self, model: ModelShape, dtype, batch, num_tokens, context) -> float:
+        if model.fingerprint == self.target_fingerprint:
+            fit = self.target
+        elif self.draft is not None and model.fingerprint == self.draft_fingerprint:
+            fit = self.draft
+        else:
+            raise SpecMemoError(f"no measured latency for {model.name}", "run `specmemo-plan profile` for this pair")
+        return fit.ms(batch, num_tokens, context)
+
+
+# ----------------------------------------------------------------------------- measured profile file
+
+
+@dataclass(frozen=True)
+class MeasuredProfile:
+    """What `specmemo-plan profile` writes and `tune` / `compare` reuse."""
+
+    device: dict  # kind, name, total_memory_bytes, profile key
+    target: dict  # ref, dtype, fingerprint
+    draft: dict | None
+    samples: list  # LatencySample dicts
+    target_fit: dict  # LatencyFit dict
+    draft_fit: dict | None
+    acceptance_histogram: list | None  # share of steps accepting i drafts, i = 0..k_max
+    acceptance_source: str  # measured | given
+    notes: dict = field(default_factory=dict)
+    version: int = MEASURED_PROFILE_VERSION
+
+    def latency(self) -> FittedLatency:
+        return FittedLatency(
+            target=LatencyFit(**{**self.target_fit, "coefficients": tuple(self.target_fit["coefficients"])}),
+            draft=LatencyFit(**{**self.draft_fit, "coefficients": tuple(self.draft_fit["coefficients"])}) if self.draft_fit else None,
+            target_fingerprint=self.target["fingerprint"],
+            draft_fingerprint=self.draft["fingerprint"] if self.draft else None,
+            name=self.device.get("name", "device"),
+        )
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SpecMemoError(f"folder {folder} does not exist", "create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_measured_profile(path: str | os.PathLike) -> MeasuredProfile:
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("version") != MEASURED_PROFILE_VERSION:
+            raise SpecMemoError(f"{path}: measured profile version {data.get('version')!r} is not {MEASURED_PROFILE_VERSION}")
+        return MeasuredProfile(**data)
+    except FileNotFoundError:
+        raise SpecMemoError(f"no measured profile at {path}", "run `specmemo-plan profile` first") from None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SpecMemoError(f"{path} is not a measured profile: {exc}", "run `specmemo-plan profile` again") from None
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class Candidate:
+    knobs: Knobs
+    speed: SpeedPrediction
+    memory: MemoryBreakdown
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.speed.tokens_per_s
+
+    @property
+    def total_bytes(self) -> int:
+        return self.memory.total_bytes
+
+    def as_dict(self) -> dict:
+        return {
+            "draft_length": self.knobs.draft_length, "batch_size": self.knobs.batch_size,
+            "prefill_chunk": self.knobs.chunk, "tokens_per_s": self.tokens_per_s,
+            "speedup": self.speed.speedup, "total_bytes": self.total_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    fastest: Candidate  # highest predicted tokens/s within the budget
+    chosen: Candidate  # fastest, or the smallest memory keeping `retain` of the fastest
+    frontier: list  # Candidates: memory vs throughput Pareto curve between the two ends
+    evaluated: int  # configurations evaluated
+    plain: Candidate | None  # best plain decoding (no draft) within the budget
+
+
+def _batches(max_batch: int) -> list[int]:
+    """Every batch to 16, then powers of two and their midpoints: throughput is smooth in B."""
+    values = set(range(1, min(max_batch, 16) + 1))
+    b = 16
+    while b <= max_batch:
+        values.update({b, min(max_batch, b + b // 2)})
+        b *= 2
+    values.add(max_batch)
+    return sorted(v for v in values if v <= max_batch)
+
+
+def search(
+    target: ModelShape,
+    draft: ModelShape | None,
+    base: Knobs,
+    budget_bytes: int,
+    latency,
+    acceptance: float | None = None,
+    histogram: Sequence[float] | None = None,
+    k_max: int = 8,
+    max_batch: int = 64,
+    chunks: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+    retain: float | None = None,
+    device_overhead_bytes: int = 0,
+) -> SearchResult:
+    """Exhaustive search over k in 0..k_max (0 = plain decoding, no draft), batch and prefill chunk
+    under memory <= budget. Memory is monotone in each knob, so each (k, chunk) stops at the
+    first batch that does not fit. Among equal throughput, the larger prefill chunk wins
+    (fewer prefill forwards); with `retain`, the smallest memory keeping that share wins."""
+    if histogram is not None:
+        k_max = min(k_max, len(histogram) - 1)
+    speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else 0.7}
+    chunk_values = sorted({min(c, base.max_context) for c in chunks})
+    candidates: list[Candidate] = []
+    evaluated = 0
+    for k in range(0, k_max + 1 if draft is not None else 1):
+        d = draft if k > 0 else None
+        for chunk in chunk_values:
+            for batch in _batches(max_batch):
+                knobs = replace(
+                    base, draft_length=k, batch_size=batch, prefill_chunk=chunk,
+                    draft_weight_dtype=base.draft_weight_dtype if d else None,
+                )
+                memory = breakdown(target, d, knobs, device_overhead_bytes)
+                evaluated += 1
+                if memory.total_bytes > budget_bytes:
+                    break
+                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if d else predict_speed(target, None, knobs, latency)
+                candidates.append(Candidate(knobs, speed, memory))
+    if not candidates:
+        raise SpecMemoError("nothing fits the budget, not even plain decoding at batch 1", "raise --budget or shorten --context")
+    fastest = max(candidates, key=lambda c: (c.tokens_per_s, c.knobs.chunk, -c.total_bytes))
+    frontier = pareto_frontier(candidates)
+    chosen = fastest
+    if retain is not None:
+        keep = [c for c in candidates if c.tokens_per_s >= retain * fastest.tokens_per_s]
+        chosen = min(keep, key=lambda c: (c.total_bytes, -c.tokens_per_s))
+    plain = [c for c in candidates if c.knobs.draft_length == 0]
+    best_plain = max(plain, key=lambda c: c.tokens_per_s) if plain else None
+    return SearchResult(fastest, chosen, frontier, evaluated, best_plain)
+
+
+def pareto_frontier(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates that no other beats on both memory (less) and throughput (more), by memory."""
+    frontier: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: (c.total_bytes, -c.tokens_per_s)):
+        if not frontier or c.tokens_per_s > frontier[-1].tokens_per_s:
+            frontier.append(c)
+    return frontier
+
+
+def relative_error_pct(predicted: float, measured: float) -> float:
+    """(predicted - measured) / measured in percent."""
+    if not measured or math.isnan(measured):
+        return float("nan")
+    return (predicted - measured) / measured * 100.0
+
+
+def samples_to_dicts(samples: Sequence[LatencySample]) -> list[dict]:
+    return [asdict(s) for s in samples]
