@@ -328,5 +328,83 @@ def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dty
     ]))
 
 
+@cli.command()
+@click.option("--profiles", "show_profiles", is_flag=True, help="List the bundled hardware profiles instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def devices(show_profiles, as_json):
+    """This machine's devices (NVML, amdsmi, torch, /proc) matched to hardware profiles."""
+    from .hardware import load_all_profiles, probe_devices
+
+    if show_profiles:
+        profiles = load_all_profiles()
+        rows = [{"key": k, "name": p.name, "backend": p.backend, "memory_bytes": p.memory_bytes,
+                 "memory_bandwidth_gbps": p.memory_bandwidth_gbps, "peak_fp16_tflops": p.peak_fp16_tflops,
+                 "peak_bf16_tflops": p.peak_bf16_tflops, "peak_int8_tops": p.peak_int8_tops,
+                 "runtime_overhead_bytes": p.runtime_overhead_bytes} for k, p in sorted(profiles.items())]
+        emit({"profiles": rows}, as_json, lambda: report.table(
+            [[r["key"], r["name"], r["backend"], report.gib(r["memory_bytes"]), r["memory_bandwidth_gbps"],
+              r["peak_fp16_tflops"], r["peak_bf16_tflops"] or "-", r["peak_int8_tops"] or "-"] for r in rows],
+            ["profile", "name", "backend", "GiB", "GB/s", "fp16 TFLOPS", "bf16 TFLOPS", "int8 TOPS"]))
+        return
+    found, notes = probe_devices()
+    rows = [{"index": d.index, "backend": d.backend, "name": d.name, "total_memory_bytes": d.total_memory_bytes,
+             "free_memory_bytes": d.free_memory_bytes, "source": d.source, "profile": d.profile_key,
+             "details": d.details} for d in found]
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    emit({"devices": rows, "notes": notes}, as_json, lambda: report.table(
+        [[r["backend"], r["index"], r["name"], report.gib(r["total_memory_bytes"]),
+          report.gib(r["free_memory_bytes"]) if r["free_memory_bytes"] is not None else "-",
+          r["profile"] or "-", r["source"]] for r in rows],
+        ["backend", "#", "name", "GiB", "free GiB", "profile", "source"]))
+
+
+@cli.command()
+@click.option("--target", "-t", required=True, help="Target model.")
+@click.option("--draft", "-d", required=True, help="Draft model.")
+@click.option("--profiles", "profile_names", default=None, help="Comma-separated profile keys.")
+@click.option("--all", "all_profiles", is_flag=True, help="Every bundled profile.")
+@click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive)
+@click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive, help="Largest batch to consider.")
+@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True)
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None)
+@click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=DEFAULT_ACCEPTANCE, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def compare(target, draft, profile_names, all_profiles, context, batch, dtype, kv_dtype, acceptance, plot_path, as_json):
+    """Which devices run the pair with SD, and how fast (roofline of each hardware profile)."""
+    from .compare import compare_devices
+    from .hardware import list_profiles, load_profile
+
+    if bool(profile_names) == all_profiles:
+        raise click.UsageError("give --profiles a,b,c or --all")
+    keys = list_profiles() if all_profiles else [k.strip() for k in profile_names.split(",") if k.strip()]
+    profiles = [load_profile(k) for k in keys]
+    t, d, knobs = gather_models(target, draft, 1, batch, context, dtype, None, kv_dtype, None)
+    verdicts = compare_devices(profiles, t, d, knobs, acceptance)
+    if plot_path:
+        from .plot import plot_comparison
+
+        plot_comparison(verdicts, plot_path, f"{t.name} + {d.name}, context {context}, batch <= {batch}, {dtype}")
+        click.echo(f"wrote {plot_path}", err=True)
+
+    def speed(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    emit({"target": target, "draft": draft, "context": context, "max_batch": batch, "acceptance": acceptance,
+          "devices": [v.as_dict() for v in verdicts]}, as_json, lambda: report.table(
+        [[v.profile, report.gib(v.memory_bytes), "yes" if v.plain_fits else "no", "yes" if v.sd_fits else "no",
+          report.gib(v.min_budget_bytes) if v.min_budget_bytes else "-",
+          "-" if v.best_draft_length is None else v.best_draft_length, v.best_batch or "-",
+          speed(v.plain_tokens_per_s), speed(v.sd_tokens_per_s),
+          "-" if v.speedup is None else f"{v.speedup:.2f}x",
+          report.gib(v.headroom_bytes) if v.headroom_bytes is not None else "-", v.note]
+         for v in verdicts],
+        ["device", "GiB", "plain fits", "SD fits", "SD min budget GiB", "best k", "best batch", "plain tok/s",
+         "best tok/s", "speedup", "headroom GiB", "note"]))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,88 @@
+"""Which device runs a pair, and how fast: the numbers behind `specmemo-plan compare`.
+
+For each hardware profile: does plain decoding fit, does SD fit, the minimum budget, the best k
+and batch inside the device's memory (autotune.search over the profile's roofline, or over a
+measured profile's fitted curves), predicted tokens/s plain vs SD, and the headroom left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .autotune import search
+from .budget import min_budget
+from .errors import SpecMemoError
+from .hardware import HardwareProfile
+from .memory import Knobs, breakdown
+from .models import ModelShape
+from .throughput import roofline_from_profile
+
+
+@dataclass(frozen=True)
+class DeviceVerdict:
+    profile: str  # profile key
+    name: str
+    memory_bytes: int
+    plain_fits: bool  # plain decoding at batch 1 and the requested context
+    sd_fits: bool  # SD at batch 1 and the requested context with k = 1
+    min_budget_bytes: int | None  # at batch 1; None: SD does not pay on this device
+    best_draft_length: int | None  # 0 = plain decoding is the fastest that fits
+    best_batch: int | None
+    sd_tokens_per_s: float | None  # best configuration within memory, batch <= the requested batch
+    plain_tokens_per_s: float | None  # plain decoding at the same batch
+    speedup: float | None
+    headroom_bytes: int | None  # device memory minus the best configuration's total
+    best_breakdown: dict | None  # MemoryBreakdown.as_dict() of the best configuration
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def compare_device(
+    profile: HardwareProfile,
+    target: ModelShape,
+    draft: ModelShape,
+    knobs: Knobs,
+    acceptance: float,
+    k_max: int = 8,
+) -> DeviceVerdict:
+    """One device's verdict. Batch is searched up to the requested batch (a serving cap)."""
+    overhead = profile.runtime_overhead_bytes
+    memory = profile.memory_bytes
+    try:
+        latency = roofline_from_profile(profile, knobs.weight_dtype)
+    except SpecMemoError as exc:  # e.g. bf16 on a Turing card
+        return DeviceVerdict(profile.key, profile.name, memory, False, False, None, None, None, None, None, None,
+                             None, None, note=exc.message)
+    single = replace(knobs, batch_size=1)
+    plain_fits = breakdown(target, None, replace(single, draft_length=0, draft_weight_dtype=None), overhead).total_bytes <= memory
+    sd_fits = breakdown(target, draft, replace(single, draft_length=1), overhead).total_bytes <= memory
+    note = ""
+    try:
+        minimum = min_budget(target, draft, replace(single, draft_length=1), latency, k_max=k_max,
+                             device_overhead_bytes=overhead, acceptance=acceptance).total_bytes
+    except SpecMemoError as exc:
+        minimum, note = None, exc.message
+    if not plain_fits:
+        return DeviceVerdict(profile.key, profile.name, memory, False, sd_fits, minimum, None, None, None, None, None,
+                             None, None, note=note or "the target does not fit at batch 1 with this context")
+    try:
+        result = search(target, draft, knobs, memory, latency, acceptance=acceptance, k_max=k_max,
+                        max_batch=knobs.batch_size, chunks=(knobs.chunk,), device_overhead_bytes=overhead)
+    except SpecMemoError as exc:
+        return DeviceVerdict(profile.key, profile.name, memory, plain_fits, sd_fits, minimum, None, None, None, None,
+                             None, None, None, note=exc.message)
+    best = result.fastest
+    plain_speed = result.plain.tokens_per_s if result.plain else None
+    return DeviceVerdict(
+        profile=profile.key, name=profile.name, memory_bytes=memory, plain_fits=plain_fits, sd_fits=sd_fits,
+        min_budget_bytes=minimum, best_draft_length=best.knobs.draft_length, best_batch=best.knobs.batch_size,
+        sd_tokens_per_s=best.tokens_per_s, plain_tokens_per_s=plain_speed,
+        speedup=best.tokens_per_s / plain_speed if plain_speed else None,
+        headroom_bytes=memory - best.total_bytes, best_breakdown=best.memory.as_dict(), note=note,
+    )
+
+
+def compare_devices(profiles, target, draft, knobs, acceptance, k_max: int = 8) -> list[DeviceVerdict]:
+    return [compare_device(p, target, draft, knobs, acceptance, k_max) for p in profiles]
