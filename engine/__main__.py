@@ -1,0 +1,6 @@
+"""`python -m engine`: see engine/cli.py."""
+
+from .cli import run
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,129 @@
+"""Multi-turn chat sessions that reuse the KV of earlier turns.
+
+Each turn renders the whole conversation to token ids (the tokenizer's chat template, or plain
+concatenation of token-id turns), compares them with the tokens whose K/V the caches already hold,
+and prefills only from the first position that differs. Slots are absolute positions, so reuse is
+just a shorter prefill; nothing is copied.
+
+Context policy (the plan's knobs.max_context = prompt + new tokens, per sequence):
+- "refuse" (default): a turn whose conversation plus max_new_tokens would exceed the context is
+  refused with a SpecMemoError saying how many tokens it needs; the session stays as it was.
+- "drop-oldest": the oldest turns (user message and reply) are dropped, a system message kept,
+  until the conversation fits; the reply says how many turns were dropped. A single turn that does
+  not fit even alone is refused.
+Never an out-of-memory error, never silent truncation of a prompt or of a reply's budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specmemo_plan.errors import SpecMemoError
+
+from .runtime import OVERFLOW_POLICIES, Engine, Stats, _template_ids
+
+
+@dataclass
+class Reply:
+    text: str | None
+    token_ids: list[int]
+    stop_reason: str
+    prompt_tokens: int  # the whole rendered conversation sent to the model this turn
+    reused_tokens: int  # of those, positions whose K/V came from earlier turns (not recomputed)
+    dropped_turns: int  # turns dropped by the drop-oldest policy this turn
+    stats: Stats
+
+
+class ChatSession:
+    """A conversation on row 0 of the engine's caches. `say(text)` with a tokenizer, `say_ids(ids)` without."""
+
+    def __init__(self, engine: Engine, system: str | None = None, on_overflow: str = "refuse",
+                 max_new_tokens: int | None = None, system_ids: list[int] | None = None):
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise SpecMemoError(f"unknown overflow policy {on_overflow!r}", "choose one of: " + ", ".join(OVERFLOW_POLICIES))
+        self.engine = engine
+        self.system = system
+        self.system_ids = list(system_ids or [])
+        self.on_overflow = on_overflow
+        self.max_new = max_new_tokens or engine.plan.generation.max_new_tokens
+        self.turns: list[tuple] = []  # (user, reply): texts, or token-id lists
+        self.stats = Stats(engine.k)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (the cached K/V is simply overwritten by the next turn)."""
+        self.turns = []
+        self._cached: list[int] = []  # tokens whose K/V rows 0 of the caches hold...
+        self._valid = (0, 0)  # ...for the first (target, draft) positions
+
+    # ------------------------------------------------------------------ rendering
+
+    def _render_text(self, turns) -> list[int]:
+        tok = self.engine.tokenizer
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for user, reply in turns:
+            messages.append({"role": "user", "content": user})
+            if reply is not None:
+                messages.append({"role": "assistant", "content": reply})
+        if getattr(tok, "chat_template", None):
+            return _template_ids(tok, messages)
+        # no template: plain text turns, one per line
+        text = "".join(f"{m['content']}\n" for m in messages)
+        return self.engine.encode(text, chat_template=False)
+
+    def _render_ids(self, turns) -> list[int]:
+        ids = list(self.system_ids)
+        for user, reply in turns:
+            ids += list(user) + list(reply or [])
+        return ids
+
+    # ------------------------------------------------------------------ a turn
+
+    def say(self, text: str) -> Reply:
+        if not self.engine.real_tokenizer:
+            raise SpecMemoError("this model has no tokenizer, so chat needs token ids", "use say_ids(), or a model with a tokenizer")
+        return self._turn(text, self._render_text, text_mode=True)
+
+    def say_ids(self, ids: list[int]) -> Reply:
+        return self._turn(list(ids), self._render_ids, text_mode=False)
+
+    def _turn(self, user, render, text_mode: bool) -> Reply:
+        engine, context = self.engine, self.engine.plan.knobs.max_context
+        turns = self.turns + [(user, None)]
+        ids, dropped = render(turns), 0
+        while len(ids) + self.max_new > context:
+            need = len(ids) + self.max_new
+            if self.on_overflow == "refuse" or len(turns) == 1:
+                alone = " even alone" if len(turns) == 1 and self.turns else ""
+                raise SpecMemoError(
+                    f"knobs.max_context: this turn{alone} needs {need} tokens ({len(ids)} of conversation + "
+                    f"{self.max_new} new), over the plan's context of {context}",
+                    "start a new conversation (/reset), lower --max-new-tokens, or use --on-overflow drop-oldest"
+                    if self.on_overflow == "refuse" else "shorten the message or lower --max-new-tokens",
+                )
+            turns, dropped = turns[1:], dropped + 1
+            ids = render(turns)
+        engine.check_request([ids], self.max_new)
+
+        if engine._owner is not self:  # another request used the caches since our last turn
+            self._cached, self._valid = [], (0, 0)
+        reuse = _common_prefix(self._cached, ids)
+        t_start, d_start = min(reuse, self._valid[0]), min(reuse, self._valid[1])
+        engine._owner = self
+        result = engine._run([ids], [t_start], [d_start], self.max_new)
+        out = result.outputs[0]
+        self._cached = ids + out.token_ids
+        self._valid = result.valid[0]
+        self.stats.merge(result.stats)
+        reply = out.text.strip() if text_mode else out.token_ids
+        self.turns = turns[:-1] + [(user, reply)]
+        return Reply(out.text, out.token_ids, out.stop_reason, len(ids), min(t_start, len(ids) - 1), dropped, result.stats)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

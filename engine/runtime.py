@@ -1,0 +1,527 @@
+"""The Engine: loads the plan's models, enforces the plan, generates (batched), runs chat sessions.
+
+Enforcement, each refusal one SpecMemoError naming the plan field:
+- schema (read_plan), model fingerprints (`target.fingerprint`, `draft.fingerprint`), device
+  (`device.kind`, `device.name`, `device.count`, `budget_bytes`), a stale prediction
+  (`prediction.memory.components.<name>`), formats the engine cannot run (`knobs.weight_dtype`, ...);
+- requests: more prompts than `knobs.batch_size`, a prompt plus its new tokens over `knobs.max_context`.
+On CUDA/ROCm the process is capped at the plan's budget (torch.cuda.set_per_process_memory_fraction).
+
+Static memory is allocated once, before any request, by engine.cache from the same functions as the
+plan's prediction (specmemo_plan.memory); generation never grows it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specmemo_plan.errors import SpecMemoError
+from specmemo_plan.memory import breakdown
+from specmemo_plan.models import LLAMA_LIKE, ModelShape, check_pair, load_shape
+from specmemo_plan.plan import Plan, read_plan
+
+from . import memory_probe
+from .cache import allocate_caches
+from .forward import Decoder
+from .loading import LoadedModel, load_model, load_tokenizer
+from .speculative import Sampler, speculative_step
+
+STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
+ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
+ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
+OVERFLOW_POLICIES = ("refuse", "drop-oldest")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Output:
+    token_ids: list[int]  # new tokens only (an EOS that ended the sequence included)
+    text: str | None  # decoded new tokens; None without a tokenizer
+    stop_reason: str  # "eos" | "max_new_tokens"
+
+
+@dataclass
+class Stats:
+    draft_length: int
+    steps: int = 0  # speculative steps (one verify forward each)
+    accepted_histogram: list[int] = field(default_factory=list)  # [i]: row-steps that accepted i drafts
+    new_tokens: int = 0  # all rows, the prefill's first token included
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    accept_s: float = 0.0
+    total_s: float = 0.0
+
+    def __post_init__(self):
+        if not self.accepted_histogram:
+            self.accepted_histogram = [0] * (self.draft_length + 1)
+
+    def merge(self, other: "Stats") -> None:
+        for name in ("steps", "new_tokens", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.accepted_histogram = [a + b for a, b in zip(self.accepted_histogram, other.accepted_histogram)]
+
+    def as_dict(self) -> dict:
+        k = self.draft_length
+        row_steps = sum(self.accepted_histogram)
+        accepted = sum(i * n for i, n in enumerate(self.accepted_histogram))
+        decode_s = self.total_s - self.prefill_s
+        return {
+            "draft_length": k,
+            "steps": self.steps,
+            "accepted_histogram": {str(i): n for i, n in enumerate(self.accepted_histogram)},
+            "acceptance_rate": accepted / (k * row_steps) if k and row_steps else None,
+            "tokens_per_step": 1 + accepted / row_steps if row_steps else None,
+            "new_tokens": self.new_tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "tokens_per_s": self.new_tokens / self.total_s if self.total_s else None,
+            "decode_tokens_per_s": (self.new_tokens - 0) / decode_s if decode_s > 0 else None,
+            "seconds": {
+                "total": self.total_s, "prefill": self.prefill_s, "draft": self.draft_s,
+                "verify": self.verify_s, "accept": self.accept_s,
+                "other": max(0.0, decode_s - self.draft_s - self.verify_s - self.accept_s),
+            },
+        }
+
+
+@dataclass
+class Result:
+    outputs: list[Output]
+    stats: Stats
+    valid: list[tuple[int, int]] = field(default_factory=list)  # per row: (target, draft) cached positions
+
+
+@dataclass
+class _Row:
+    tokens: list[int]  # prompt + committed new tokens
+    prompt_len: int
+    max_new: int
+    done: bool = False
+    stop_reason: str = "max_new_tokens"
+    target_valid: int = 0  # leading positions whose K/V in the target cache match `tokens`
+    draft_valid: int = 0
+
+    @property
+    def new(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+    def commit(self, new: list[int], eos: set[int], ignore_eos: bool) -> None:
+        room = self.max_new - len(self.new)
+        if len(new) >= room:
+            new = new[:room]
+            self.done = True
+        for i, token in enumerate(new):
+            if token in eos and not ignore_eos:
+                new, self.done, self.stop_reason = new[: i + 1], True, "eos"
+                break
+        self.tokens += new
+        self.target_valid = min(self.target_valid, len(self.tokens))
+        self.draft_valid = min(self.draft_valid, len(self.tokens))
+
+
+class ByteTokenizer:
+    """For models without a tokenizer (random-weight presets): UTF-8 bytes as token ids."""
+
+    chat_template = None
+    eos_token_id = None
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [b % self.vocab_size for b in text.encode()]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _refuse(field_name: str, why: str, hint: str) -> SpecMemoError:
+    return SpecMemoError(f"{field_name}: {why}", hint)
+
+
+def check_supported(plan: Plan) -> None:
+    """Formats and layouts this engine cannot run, refused before anything loads."""
+    knobs = plan.knobs
+    if knobs.weight_dtype not in ENGINE_WEIGHT_DTYPES:
+        raise _refuse("knobs.weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.weight_dtype}",
+                      "plan with --dtype fp16, or export the plan to an engine that runs quantised weights")
+    if knobs.draft_dtype not in ENGINE_WEIGHT_DTYPES:
+        raise _refuse("knobs.draft_weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.draft_dtype}",
+                      "plan the draft in fp16")
+    if knobs.cache_dtype not in ENGINE_KV_DTYPES:
+        raise _refuse("knobs.kv_dtype", f"the engine keeps KV in fp32, fp16 or bf16, not {knobs.cache_dtype}",
+                      "plan with the default KV dtype")
+    if plan.device.count != 1:
+        raise _refuse("device.count", f"the plan spans {plan.device.count} devices; this engine runs on one",
+                      "plan for one device")
+
+
+def _check_fingerprint(role: str, ref: str, expected: str, shape: ModelShape) -> None:
+    if shape.fingerprint != expected:
+        raise _refuse(f"{role}.fingerprint", f"{ref} has fingerprint {shape.fingerprint}, the plan was made for {expected}",
+                      "make a new plan for this model, or point the plan at the model it was made for")
+    if shape.model_type not in LLAMA_LIKE:
+        raise _refuse(role, f"model_type {shape.model_type} is not supported by the engine",
+                      "the engine runs " + ", ".join(LLAMA_LIKE) + " models")
+
+
+def _check_window(role: str, shape: ModelShape, max_context: int) -> None:
+    if shape.sliding_window and max_context > shape.sliding_window:
+        raise _refuse("knobs.max_context", f"{max_context} exceeds the {role}'s sliding window of {shape.sliding_window}; "
+                      "the engine's caches are not ring buffers", f"plan a context of at most {shape.sliding_window}")
+
+
+def _check_prediction(plan: Plan, target: ModelShape, draft: ModelShape | None) -> None:
+    """The plan's static components must be what this engine allocates for these models."""
+    expected = breakdown(target, draft, plan.knobs).components
+    predicted = plan.prediction.memory.get("components", {})
+    for name in STATIC_COMPONENTS:
+        if predicted.get(name) != expected[name]:
+            raise _refuse(f"prediction.memory.components.{name}",
+                          f"the plan predicts {predicted.get(name)} bytes, this engine allocates {expected[name]}",
+                          "the plan is stale or edited; make it again")
+
+
+def resolve_device(plan: Plan, requested: str | None) -> torch.device:
+    """The torch device for the plan's device kind; refuses a machine that does not match."""
+    kind = plan.device.kind
+    if requested:
+        device = torch.device(requested)
+        actual = "cpu" if device.type == "cpu" else ("rocm" if torch.version.hip else "cuda")
+        if actual != kind:
+            raise _refuse("device.kind", f"the plan is for {kind}, --device asks for {requested}", f"make a plan for {actual}")
+    elif kind == "cpu":
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", 0)
+    if kind == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise _refuse("device.kind", f"the plan is for {kind}, this machine has no {kind.upper()} device visible to torch",
+                      "run on the machine the plan was made for, or make a plan for cpu")
+    backend = "rocm" if torch.version.hip else "cuda"
+    if backend != kind:
+        raise _refuse("device.kind", f"the plan is for {kind}, this torch build runs {backend}", f"make a plan for {backend}")
+    name = torch.cuda.get_device_name(device)
+    if name != plan.device.name:
+        raise _refuse("device.name", f"the plan was made for {plan.device.name!r}, this device is {name!r}",
+                      "make a plan on this device (specmemo-plan tune) or for its profile")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if plan.budget_bytes > total:
+        raise _refuse("budget_bytes", f"the plan's budget of {plan.budget_bytes} bytes exceeds this device's {total}",
+                      "make a plan with a budget this device has")
+    return device
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """Speculative decoding inside a plan's memory.
+
+    Engine(plan) loads the plan's models; tests and benchmarks may pass already loaded models
+    (`target=`, `draft=`: engine.loading.LoadedModel), which are checked against the plan's
+    fingerprints like loaded ones, and a tokenizer (None: token ids in, token ids out)."""
+
+    def __init__(self, plan: Plan | str, device: str | None = None, target: LoadedModel | None = None,
+                 draft: LoadedModel | None = None, tokenizer="auto"):
+        if not isinstance(plan, Plan):
+            plan = read_plan(plan)
+        self.plan, knobs = plan, plan.knobs
+        check_supported(plan)
+        self.device = resolve_device(plan, device)
+        t_shape = target.shape if target is not None else load_shape(plan.target.ref)
+        _check_fingerprint("target", plan.target.ref, plan.target.fingerprint, t_shape)
+        d_shape = None
+        if plan.draft is not None:
+            d_shape = draft.shape if draft is not None else load_shape(plan.draft.ref)
+            _check_fingerprint("draft", plan.draft.ref, plan.draft.fingerprint, d_shape)
+            check_pair(t_shape, d_shape)
+        for role, shape in (("target", t_shape), ("draft", d_shape)):
+            if shape is not None:
+                _check_window(role, shape, knobs.max_context)
+        _check_prediction(plan, t_shape, d_shape)
+        self.memory_cap = self._cap_memory()
+        self.probe = memory_probe.make_probe(self.device)
+
+        seed = plan.generation.seed
+        self.target_model = target or load_model(plan.target.ref, knobs.weight_dtype, self.device, seed)
+        self.draft_model = None
+        if plan.draft is not None:
+            self.draft_model = draft or load_model(plan.draft.ref, knobs.draft_dtype, self.device, seed + 1)
+        self.random_weights = {"target": self.target_model.random_weights}
+        if self.draft_model is not None:
+            self.random_weights["draft"] = self.draft_model.random_weights
+
+        self.target_cache, self.draft_cache, self.buffers = allocate_caches(t_shape, d_shape, knobs, self.device)
+        self.target = Decoder(self.target_model.model, self.target_cache)
+        self.draft = Decoder(self.draft_model.model, self.draft_cache) if self.draft_model is not None else None
+        self.k = knobs.draft_length if self.draft is not None else 0
+        gen = plan.generation
+        self.sampler = Sampler(gen.sampling, gen.temperature, gen.seed, self.device)
+
+        self.tokenizer = self._tokenizer() if tokenizer == "auto" else tokenizer
+        self.real_tokenizer = self.tokenizer is not None
+        if self.tokenizer is None:
+            self.tokenizer = ByteTokenizer(t_shape.vocab_size)
+        self.eos_ids = self._eos_ids()
+        self._owner = None  # the chat session whose tokens the caches hold, if any
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _tokenizer(self):
+        try:
+            return load_tokenizer(self.plan.target.ref)
+        except SpecMemoError:
+            return None
+
+    def _eos_ids(self) -> set[int]:
+        eos = set()
+        config = getattr(self.target_model.model, "generation_config", None)
+        value = getattr(config, "eos_token_id", None) if config is not None else None
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None:
+                eos.add(int(v))
+        if self.real_tokenizer and self.tokenizer.eos_token_id is not None:
+            eos.add(int(self.tokenizer.eos_token_id))
+        return eos
+
+    def _cap_memory(self) -> dict | None:
+        """CUDA/ROCm: cap this process at the plan's budget; report the headroom the plan leaves."""
+        if self.device.type != "cuda":
+            return None
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        fraction = min(1.0, self.plan.budget_bytes / total)
+        torch.cuda.set_per_process_memory_fraction(fraction, self.device)
+        predicted = self.plan.prediction.memory["total_bytes"]
+        return {"budget_bytes": self.plan.budget_bytes, "fraction": fraction, "device_total_bytes": total,
+                "predicted_total_bytes": predicted, "headroom_bytes": self.plan.budget_bytes - predicted}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ requests
+
+    def encode(self, prompt: str, chat_template: bool | None = None, system: str | None = None) -> list[int]:
+        """Token ids of a prompt; with the tokenizer's chat template when it has one (or when asked)."""
+        tok = self.tokenizer
+        use_template = bool(getattr(tok, "chat_template", None)) if chat_template is None else chat_template
+        if use_template:
+            if not getattr(tok, "chat_template", None):
+                raise SpecMemoError("this model's tokenizer has no chat template", "use --no-chat-template")
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            return _template_ids(tok, messages)
+        if isinstance(tok, ByteTokenizer):
+            return tok.encode(prompt)
+        return list(tok(prompt)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str | None:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def check_request(self, prompts: list[list[int]], max_new: int) -> None:
+        knobs = self.plan.knobs
+        if not prompts:
+            raise SpecMemoError("no prompt given", "give --prompt or --prompts-file")
+        if len(prompts) > knobs.batch_size:
+            raise _refuse("knobs.batch_size", f"{len(prompts)} prompts exceed the plan's batch of {knobs.batch_size}",
+                          "split the prompts, or make a plan with a larger --batch")
+        if max_new < 1:
+            raise SpecMemoError(f"max_new_tokens must be at least 1, got {max_new}")
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise SpecMemoError(f"prompt {i} is empty", "give at least one token")
+            if len(ids) + max_new > knobs.max_context:
+                raise _refuse("knobs.max_context", f"prompt {i} has {len(ids)} tokens; with {max_new} new tokens it needs "
+                              f"{len(ids) + max_new}, over the plan's context of {knobs.max_context}",
+                              "shorten the prompt, lower --max-new-tokens, or make a plan with a larger --context")
+            vocab = self.target_cache.shape.vocab_size
+            if max(ids) >= vocab or min(ids) < 0:
+                raise SpecMemoError(f"prompt {i} has token ids outside the vocabulary of {vocab}")
+
+    def generate(self, prompts, max_new_tokens: int | None = None, ignore_eos: bool = False,
+                 chat_template: bool | None = None) -> Result:
+        """Generate for a batch of prompts (strings, or lists of token ids), each row on its own."""
+        ids = [self.encode(p, chat_template) if isinstance(p, str) else list(p) for p in prompts]
+        max_new = max_new_tokens or self.plan.generation.max_new_tokens
+        self.check_request(ids, max_new)
+        self._owner = None
+        return self._run(ids, [0] * len(ids), [0] * len(ids), max_new, ignore_eos)
+
+    def chat(self, system: str | None = None, on_overflow: str = "refuse", max_new_tokens: int | None = None):
+        from .chat import ChatSession
+
+        return ChatSession(self, system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens)
+
+    # ------------------------------------------------------------------ the loop
+
+    @torch.inference_mode()
+    def _run(self, prompts: list[list[int]], t_starts: list[int], d_starts: list[int], max_new: int,
+             ignore_eos: bool = False) -> Result:
+        """Prefill each row from its first uncached position, then speculative steps until every row stops."""
+        stats = Stats(self.k)
+        rows = [_Row(list(p), len(p), max_new) for p in prompts]
+        B = len(rows)
+        t0 = time.perf_counter()
+        with self.probe.phase("prefill"):
+            first = self._prefill(rows, t_starts, d_starts)
+            self._sync()
+        stats.prefill_s = time.perf_counter() - t0
+        stats.prefill_tokens = sum(len(r.tokens) - s for r, s in zip(rows, t_starts))
+        for row, token in zip(rows, first):
+            row.commit([token], self.eos_ids, ignore_eos)
+
+        with self.probe.phase("decode"):
+            lengths = self.buffers.lengths
+            while not all(r.done for r in rows):
+                lens = [len(r.tokens) for r in rows]
+                lengths[:B].copy_(torch.tensor(lens))
+                if self.k:
+                    last2 = torch.tensor([r.tokens[-2:] for r in rows], device=self.device)
+                    out = speculative_step(self.target, self.draft, self.buffers, last2, lens, self.sampler, self._sync)
+                    stats.draft_s += out.draft_s
+                    stats.verify_s += out.verify_s
+                    stats.accept_s += out.accept_s
+                    accepted, tokens = out.accepted.tolist(), out.tokens.tolist()
+                else:
+                    accepted, tokens = [0] * B, self._plain_step(rows, lens, stats)
+                stats.steps += 1
+                for row, n, new, length in zip(rows, accepted, tokens, lens):
+                    if row.done:
+                        continue
+                    stats.accepted_histogram[n] += 1
+                    row.target_valid = length + n  # positions 0 .. L-1+n hold committed tokens
+                    row.draft_valid = length + n - 1 if self.k else 0
+                    row.commit(new[: n + 1], self.eos_ids, ignore_eos)
+            self._sync()
+        stats.total_s = time.perf_counter() - t0
+        stats.new_tokens = sum(len(r.new) for r in rows)
+        outputs = [Output(r.new, self.decode(r.new), r.stop_reason) for r in rows]
+        return Result(outputs, stats, [(r.target_valid, r.draft_valid) for r in rows])
+
+    def _plain_step(self, rows, lens: list[int], stats: Stats) -> list[list[int]]:
+        """No draft (k = 0): one target forward per token, the plain-decoding baseline."""
+        t0 = time.perf_counter()
+        last = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+        hidden = self.target.forward(last, [n - 1 for n in lens], self.buffers.verify_mask)
+        logits = self.buffers.target_logits[: len(rows), 0]
+        self.target.logits(hidden[:, -1], out=logits)
+        tokens = self.sampler.pick(logits).tolist()
+        stats.verify_s += time.perf_counter() - t0
+        return [[t] for t in tokens]
+
+    def _prefill(self, rows: list[_Row], t_starts: list[int], d_starts: list[int]) -> list[int]:
+        """Both caches from each row's first uncached position; the first new token per row from the
+        target's logits at the last prompt position only (written into the target_logits buffer)."""
+        B, V = len(rows), self.target_cache.shape.vocab_size
+        scratch = self.buffers.target_logits.view(-1, V)[:B]  # B rows of the verify logits buffer
+        seqs = [r.tokens for r in rows]
+        t_starts = [min(s, len(seq) - 1) for s, seq in zip(t_starts, seqs)]
+        self._prefill_model(self.target, seqs, t_starts, scratch)
+        for row, start in zip(rows, t_starts):
+            row.target_valid = len(row.tokens)
+        if self.draft is not None:
+            # the last prompt token goes through the draft in the first step's catch-up forward
+            d_seqs = [seq[:-1] for seq in seqs]
+            d_starts = [min(s, len(seq)) for s, seq in zip(d_starts, d_seqs)]
+            if any(s < len(seq) for s, seq in zip(d_starts, d_seqs)):
+                self._prefill_model(self.draft, d_seqs, d_starts, None)
+            for row in rows:
+                row.draft_valid = len(row.tokens) - 1
+        return self.sampler.pick(scratch).tolist()
+
+    def _prefill_model(self, dec: Decoder, seqs: list[list[int]], starts: list[int], logits_out) -> None:
+        """Chunks of knobs.chunk tokens per row; rows that run out are padded with their last token
+        (right padding: those slots lie beyond the row's length and are rewritten before use)."""
+        chunk = self.plan.knobs.chunk
+        todo = max(len(seq) - s for seq, s in zip(seqs, starts))
+        for offset in range(0, todo, chunk):
+            n = min(chunk, todo - offset)
+            pos = [s + offset for s in starts]
+            ids = [[seq[min(p + j, len(seq) - 1)] if seq else 0 for j in range(n)] for seq, p in zip(seqs, pos)]
+            read = max(pos) + n
+            mask = torch.empty((len(seqs), 1, n, read), dtype=torch.bool, device=self.device)
+            hidden = dec.forward(torch.tensor(ids, device=self.device), pos, mask)
+            if logits_out is None:
+                continue
+            for b, (seq, p) in enumerate(zip(seqs, pos)):
+                last = len(seq) - 1 - p
+                if 0 <= last < n:
+                    dec.logits(hidden[b, last], out=logits_out[b])
+
+    # ------------------------------------------------------------------ memory
+
+    def static_bytes(self) -> dict[str, int]:
+        """Exact bytes of the tensors the engine holds, per component of the plan's breakdown."""
+        return {
+            "target_weights": memory_probe.parameter_bytes(self.target_model.model),
+            "draft_weights": memory_probe.parameter_bytes(self.draft_model.model) if self.draft_model else 0,
+            "target_kv": self.target_cache.nbytes,
+            "draft_kv": self.draft_cache.nbytes if self.draft_cache else 0,
+            "candidate_buffers": self.buffers.nbytes,
+        }
+
+    def memory_report(self) -> dict:
+        """{"predicted": plan's breakdown, "measured": exact static bytes, transient peaks, error %}."""
+        predicted = dict(self.plan.prediction.memory)
+        components = dict(self.static_bytes())
+        phases = dict(self.probe.phases)
+        transients = [p["transient_peak_bytes"] for p in phases.values() if p.get("transient_peak_bytes") is not None]
+        components["activations"] = max(transients) if transients else None
+        components["runtime_overhead"] = None
+        process = self.probe.process()
+        if self.device.type == "cuda":
+            device_view = process.get("device") or {}
+            own = device_view.get("process_used_bytes")
+            if own is not None and process["peak_reserved_bytes"]:
+                components["runtime_overhead"] = max(0, own - process["peak_reserved_bytes"])
+        else:
+            components["runtime_overhead"] = 0
+        pred_components = predicted.get("components", {})
+        error = {}
+        for name, value in components.items():
+            expected = pred_components.get(name)
+            if value is None or expected is None:
+                error[name] = None
+            elif expected == 0:
+                error[name] = 0.0 if value == 0 else None
+            else:
+                error[name] = 100.0 * (value - expected) / expected
+        known = [v for v in components.values() if v is not None]
+        total = sum(known)
+        weights = components["target_weights"] + components["draft_weights"]
+        measured = {
+            "source": self.probe.source,
+            "components": components,
+            "total_bytes": total,
+            "generation_bytes": total - weights,
+            "error_percent": error,
+            "total_error_percent": 100.0 * (total - predicted["total_bytes"]) / predicted["total_bytes"],
+            "phases": phases,
+            "process": process,
+        }
+        if self.memory_cap is not None:
+            cap = dict(self.memory_cap)
+            cap["headroom_after_bytes"] = cap["budget_bytes"] - process["peak_reserved_bytes"]
+            measured["cap"] = cap
+        return {"predicted": predicted, "measured": measured}
+
+
+def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return list(out)

@@ -1,0 +1,118 @@
+"""One speculative step: draft k tokens, verify them in one target forward, accept/reject, bonus token.
+
+State between steps (per row b of the batch):
+- `lengths[b]` = L committed tokens; the last committed token x[L-1] is in neither KV cache yet.
+- the target cache holds positions 0 .. L-2; the draft cache at least 0 .. L-3.
+
+So each step starts the draft with a two-token catch-up forward over x[L-2], x[L-1] (rewriting
+x[L-2] is harmless: same token, same position), which covers both outcomes of the previous step
+(all k drafts accepted, or not) without an extra forward. The target verifies [x[L-1], d_1 .. d_k]
+at positions L-1 .. L-1+k; its logits at position L-1+i score d_{i+1}, and the logits at L-1+k give
+the bonus token when every draft is accepted.
+
+Lossless sampling (Leviathan et al. 2023, Chen et al. 2023): accept d_i with probability
+min(1, p_i(d_i) / q_i(d_i)); at the first rejection sample from norm(max(0, p_i - q_i)); when all k
+are accepted sample the bonus from p_{k+1}. Greedy is the temperature -> 0 limit: accept while
+d_i == argmax p_i, then take argmax p at the first mismatch (or after the last draft).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .cache import StepBuffers
+from .forward import Decoder
+
+
+class Sampler:
+    """Greedy (argmax) or lossless speculative sampling at a temperature, with its own RNG."""
+
+    def __init__(self, mode: str = "greedy", temperature: float = 1.0, seed: int = 0, device="cpu"):
+        self.greedy = mode == "greedy"
+        self.temperature = temperature
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def to_probs_(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits / T) in place: the buffer turns from logits into probabilities."""
+        logits.div_(self.temperature)
+        logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+        return logits.div_(logits.sum(-1, keepdim=True))
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """A token per row from logits [B, V] (turned into probabilities in place when sampling)."""
+        if self.greedy:
+            return logits.argmax(-1)
+        probs = self.to_probs_(logits)
+        return torch.multinomial(probs.float(), 1, generator=self.generator).squeeze(1)
+
+    def accept(self, drafts: torch.Tensor, q: torch.Tensor, target_logits: torch.Tensor):
+        """(accepted [B] in 0..k, bonus [B]) from drafts [B, k], the draft's q [B, k, V] and the
+        target's logits [B, k+1, V]."""
+        B, k = drafts.shape
+        if self.greedy:
+            best = target_logits.argmax(-1)  # [B, k+1]
+            accepted = (drafts == best[:, :k]).cumprod(1).sum(1)
+            return accepted, best.gather(1, accepted.unsqueeze(1)).squeeze(1)
+        p = self.to_probs_(target_logits)
+        p_d = p[:, :k].gather(2, drafts.unsqueeze(2)).squeeze(2).float()
+        q_d = q.gather(2, drafts.unsqueeze(2)).squeeze(2).float()
+        r = torch.rand((B, k), generator=self.generator, device=drafts.device)
+        accepted = (r * q_d < p_d).cumprod(1).sum(1)  # r < p/q without dividing; q(d) > 0 as d ~ q
+        rows = torch.arange(B, device=drafts.device)
+        p_n = p[rows, accepted].float()  # [B, V]: p at the first rejected draft, or p_{k+1}
+        rejected = (accepted < k).unsqueeze(1)
+        q_n = q[rows, accepted.clamp(max=k - 1)].float() * rejected  # no q after the last draft
+        residual = (p_n - q_n).clamp_(min=0)
+        empty = residual.sum(1, keepdim=True) <= 0  # p == q up to rounding: then p itself
+        residual = torch.where(empty, p_n, residual)
+        return accepted, torch.multinomial(residual, 1, generator=self.generator).squeeze(1)
+
+
+@dataclass
+class StepOutput:
+    accepted: torch.Tensor  # [B] drafts accepted per row, 0..k
+    tokens: torch.Tensor  # [B, k+1]: row b's new tokens are tokens[b, : accepted[b] + 1]
+    draft_s: float  # seconds in block 1
+    verify_s: float  # seconds in block 2
+    accept_s: float  # seconds in blocks 3 and 4
+
+
+def speculative_step(
+    target: Decoder, draft: Decoder, buf: StepBuffers, last2: torch.Tensor, lengths: list[int],
+    sampler: Sampler, sync=lambda: None,
+) -> StepOutput:
+    """Advance every row by its accepted drafts plus one token. `last2` [B, 2] holds each row's last
+    two committed tokens, `lengths` the committed counts on the host (buf.lengths holds them on the device)."""
+    B, k = last2.shape[0], buf.draft_tokens.shape[1]
+    L = buf.lengths[:B]
+    drafts, q, logits = buf.draft_tokens[:B], buf.draft_logits[:B], buf.target_logits[:B]
+    t0 = time.perf_counter()
+
+    # 1. draft: catch up on x[L-2], x[L-1], then propose d_1 .. d_k, one token per forward
+    hidden = draft.forward(last2, [n - 2 for n in lengths], buf.verify_mask, L - 2)[:, -1]
+    for i in range(k):
+        if i:
+            hidden = draft.forward(drafts[:, i - 1 : i], [n + i - 1 for n in lengths], buf.draft_mask, L + i - 1)[:, -1]
+        draft.logits(hidden, out=q[:, i])
+        drafts[:, i] = sampler.pick(q[:, i])
+    sync()
+    t1 = time.perf_counter()
+
+    # 2. verify: one target forward over x[L-1], d_1 .. d_k, logits at all k+1 positions
+    hidden = target.forward(torch.cat([last2[:, 1:], drafts], 1), [n - 1 for n in lengths], buf.verify_mask, L - 1)
+    target.logits(hidden, out=logits)
+    sync()
+    t2 = time.perf_counter()
+
+    # 3. accept/reject: the longest prefix of drafts the target agrees with (greedy) or accepts (sampling)
+    accepted, bonus = sampler.accept(drafts, q, logits)
+
+    # 4. bonus token: the target's own token after the accepted prefix; each row advances by accepted + 1
+    tokens = torch.cat([drafts, bonus.unsqueeze(1)], 1)
+    tokens.scatter_(1, accepted.unsqueeze(1), bonus.unsqueeze(1))
+    L += accepted + 1
+    return StepOutput(accepted.cpu(), tokens.cpu(), t1 - t0, t2 - t1, time.perf_counter() - t2)
