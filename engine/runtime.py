@@ -357,10 +357,13 @@ class Engine:
         self._owner = None
         return self._run(ids, [0] * len(ids), [0] * len(ids), max_new, ignore_eos)
 
-    def chat(self, system: str | None = None, on_overflow: str = "refuse", max_new_tokens: int | None = None):
+    def chat(self, system: str | None = None, on_overflow: str = "refuse", max_new_tokens: int | None = None,
+             system_ids: list[int] | None = None):
+        """A multi-turn session (engine.chat.ChatSession): say(text) with a tokenizer, say_ids(ids) without."""
         from .chat import ChatSession
 
-        return ChatSession(self, system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens)
+        return ChatSession(self, system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens,
+                           system_ids=system_ids)
 
     # ------------------------------------------------------------------ the loop
 

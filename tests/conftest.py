@@ -55,10 +55,10 @@ def save_tiny_model(folder, config: dict | None = None, seed: int = 0, noise_fro
 
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
-    """(target folder, draft folder): a tiny target and a noisy copy (acceptance around 0.5-0.8)."""
+    """(target folder, draft folder): a tiny target and a noisy copy (greedy acceptance around 0.6)."""
     root = tmp_path_factory.mktemp("tiny_pair")
     target = save_tiny_model(root / "target", seed=0)
-    save_tiny_model(root / "draft", seed=1, noise_from=target, noise=0.6)
+    save_tiny_model(root / "draft", seed=1, noise_from=target, noise=0.02)
     return str(root / "target"), str(root / "draft")
 
 
@@ -68,7 +68,7 @@ def tiny_vocab_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_vocab_pair")
     config = dict(TINY_CONFIG, vocab_size=16, bos_token_id=None, eos_token_id=None, initializer_range=0.15)
     target = save_tiny_model(root / "target", config, seed=3)
-    save_tiny_model(root / "draft", seed=4, noise_from=target, noise=1.0)
+    save_tiny_model(root / "draft", seed=4, noise_from=target, noise=0.3)
     return str(root / "target"), str(root / "draft")
 
 
