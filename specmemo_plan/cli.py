@@ -406,5 +406,166 @@ def compare(target, draft, profile_names, all_profiles, context, batch, dtype, k
          "best tok/s", "speedup", "headroom GiB", "note"]))
 
 
+# ----------------------------------------------------------------------------- measuring and tuning
+
+DEMO_TARGET = "bundled:smollm2-135m-instruct"
+DEMO_DRAFT = "bundled:smollm2-135m-draft"
+
+
+def measured_options(func):
+    for option in reversed([
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                     help="Weights and compute (fp32 is the fast path on most CPUs for small batches)."),
+        click.option("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: cuda if present)."),
+        click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=None,
+                     help="Use this per-token acceptance instead of measuring it."),
+        click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=16, show_default=True,
+                     help="Calibration prompts for the acceptance measurement."),
+        click.option("--k-max", type=click.IntRange(1, 16), default=8, show_default=True),
+        click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True, help="Timed runs per point (median)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context):
+    from .tuning import profile_pair
+
+    return profile_pair(target, draft, dtype=dtype, device=device, acceptance=acceptance, num_prompts=num_prompts,
+                        k_max=k_max, max_context=context, repeats=repeats)
+
+
+def fit_rows(measured):
+    rows = [["target", *[f"{c:.4g}" for c in measured.target_fit["coefficients"]], f"{measured.target_fit['mean_abs_pct_error']:.1f}%"]]
+    if measured.draft_fit:
+        rows.append(["draft", *[f"{c:.4g}" for c in measured.draft_fit["coefficients"]], f"{measured.draft_fit['mean_abs_pct_error']:.1f}%"])
+    return report.table(rows, ["model", "c0 ms", "c1 ms/(B*n)", "c2 ms/(B*S)", "c3 ms/(B*n*S)", "fit error"])
+
+
+@cli.command()
+@click.option("--target", "-t", required=True)
+@click.option("--draft", "-d", default=None)
+@measured_options
+@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive, help="Longest context to profile.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Measured profile (JSON) to write.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, output, as_json):
+    """Measure forward latencies and the pair's acceptance on this device; fit t(B, n, S)."""
+    from dataclasses import asdict
+
+    from .tuning import save_measured
+
+    measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
+    save_measured(measured, output)
+    emit(asdict(measured), as_json, lambda: "\n".join([f"wrote {output}", fit_rows(measured)]))
+
+
+@cli.command()
+@click.option("--measured", "measured_path", type=click.Path(dir_okay=False), default=None,
+              help="A measured profile from `profile` (else profile now, with --target/--draft).")
+@click.option("--target", "-t", default=None)
+@click.option("--draft", "-d", default=None)
+@measured_options
+@budget_option(required=False)
+@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Smallest memory keeping this share of the best throughput (e.g. 0.96).")
+@click.option("--verify", is_flag=True, help="Run the engine on the plan; write measured beside predicted.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
+         max_new_tokens, max_batch, retain, verify, output, as_json):
+    """Pick k, batch and prefill chunk for the best predicted throughput inside --budget; write the plan."""
+    from .autotune import read_measured_profile
+    from .tuning import tune as tune_plan
+    from .tuning import verify as verify_plan
+    from .tuning import write_verified
+
+    if measured_path:
+        measured = read_measured_profile(measured_path)
+    elif target:
+        measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
+    else:
+        raise click.UsageError("give --measured FILE, or --target (and --draft) to profile now")
+    p, info = tune_plan(measured, budget, context, max_new_tokens, retain, k_max, max_batch)
+    from .plan import write_plan
+
+    write_plan(p, output)
+    verified = None
+    if verify:
+        verified = verify_plan(p, measured, device=device)
+        p = write_verified(p, verified, output)
+    emit({"plan": str(output), **p.to_dict()}, as_json, lambda: render_tune(p, info, verified))
+
+
+def render_tune(p, info, verified) -> str:
+    result = info["result"]
+    rows = [[c.knobs.draft_length, c.knobs.batch_size, c.knobs.chunk, report.gib(c.total_bytes),
+             f"{c.tokens_per_s:,.1f}", f"{c.speed.speedup:.2f}x"] for c in result.frontier]
+    lines = [f"wrote plan: k={p.knobs.draft_length}, batch {p.knobs.batch_size}, prefill chunk {p.knobs.chunk}, "
+             f"context {p.knobs.max_context}, predicted {p.prediction.tokens_per_s:,.1f} tokens/s "
+             f"({p.prediction.speedup:.2f}x plain), {report.describe_bytes(p.prediction.memory['total_bytes'])}"]
+    lines += [f"note: {n}" for n in info["notes"]]
+    lines.append(f"searched {result.evaluated} configurations in {info['search_seconds'] * 1e3:.0f} ms; memory/throughput frontier:")
+    lines.append(report.table(rows, ["k", "batch", "chunk", "GiB", "tokens/s", "vs plain"]))
+    if verified:
+        lines.append(render_verify(verified))
+    return "\n".join(lines)
+
+
+def render_verify(v) -> str:
+    sd = v["engine"]["stats"]
+    rows = [["engine (plan)", f"{sd['decode_tokens_per_s']:,.1f}",
+             f"{v['predicted_at_run_context']['tokens_per_s']:,.1f}" if "predicted_at_run_context" in v else "-",
+             "-" if sd.get("acceptance_rate") is None else f"{sd['acceptance_rate']:.3f}"]]
+    if "plain" in v:
+        rows.append(["plain decoding", f"{v['plain']['stats']['decode_tokens_per_s']:,.1f}",
+                     f"{v['predicted_at_run_context']['plain_tokens_per_s']:,.1f}" if "predicted_at_run_context" in v else "-", "-"])
+    mem = v["engine"]["memory"]
+    comp_rows = [[name, report.gib(mem["predicted"]["components"][name]),
+                  "-" if mem["measured"]["components"].get(name) is None else report.gib(mem["measured"]["components"][name]),
+                  "-" if mem["measured"]["error_percent"].get(name) is None else f"{mem['measured']['error_percent'][name]:+.1f}%"]
+                 for name in mem["predicted"]["components"]]
+    lines = [f"verified on {v['prompts']} calibration prompts, up to {v['max_new_tokens']} new tokens each:",
+             report.table(rows, ["run", "measured tok/s (decode)", "predicted tok/s", "acceptance"])]
+    if "measured_speedup" in v:
+        verdict = "pays" if v["measured_speedup"] > 1 else "does NOT pay"
+        lines.append(f"speculative decoding {verdict} here: {v['measured_speedup']:.2f}x plain decoding (measured)")
+    lines.append(report.table(comp_rows, ["component", "predicted GiB", "measured GiB", "error"]))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--target", "-t", default=DEMO_TARGET, show_default=True)
+@click.option("--draft", "-d", default=DEMO_DRAFT, show_default=True)
+@click.option("--budget", default="2GiB", show_default=True, help="Memory budget for the plan.")
+@click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive)
+@click.option("--output", "-o", default="plan.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--device", default=None)
+@click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=12, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def demo(target, draft, budget, context, output, device, num_prompts, as_json):
+    """The whole chain on the bundled pair: profile, tune, write the plan, generate, compare."""
+    from .tuning import log
+    from .tuning import tune as tune_plan
+    from .tuning import verify as verify_plan
+    from .tuning import write_verified
+
+    budget_bytes = parse_bytes(budget, "budget")
+    log(f"1/3 profiling {target} + {draft} on this device")
+    measured = _profile(target, draft, "fp32", device, None, num_prompts, 6, 5, context)
+    log("2/3 tuning")
+    p, info = tune_plan(measured, budget_bytes, context, max_new_tokens=128, k_max=6, max_batch=8)
+    log("3/3 generating with the engine (the plan, then plain decoding)")
+    verified = verify_plan(p, measured, num_prompts=8, max_new_tokens=64, device=device)
+    p = write_verified(p, verified, output)
+    emit({"plan": str(output), **p.to_dict()}, as_json, lambda: "\n".join([fit_rows(measured), render_tune(p, info, verified)]))
+
+
 if __name__ == "__main__":
     main()

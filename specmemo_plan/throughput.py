@@ -158,9 +158,12 @@ def predict_speed(
     acceptance: float = DEFAULT_ACCEPTANCE,
     histogram: Sequence[float] | None = None,
     draft_latency: LatencyModel | None = None,
+    context: int | None = None,
 ) -> SpeedPrediction:
-    """Tokens/s of the plan and of plain decoding with the same batch and context."""
-    B, k, ctx = knobs.batch_size, knobs.draft_length, mean_context(knobs)
+    """Tokens/s of the plan and of plain decoding with the same batch and context.
+    `context`: cached tokens per step, when known (a measured run); else `mean_context`."""
+    B, k = knobs.batch_size, knobs.draft_length
+    ctx = context if context is not None else mean_context(knobs)
     plain_ms = latency.forward_ms(target, knobs.weight_dtype, B, 1, ctx)
     plain = B / plain_ms * 1e3
     if draft is None or k == 0:
