@@ -1,0 +1,243 @@
+"""Exports of a fixed plan to each engine, against hand-written expected settings."""
+
+import json
+import math
+
+import pytest
+
+from specmemo_plan.errors import SpecMemoError
+from specmemo_plan.export import ENGINES, export_plan, floor3
+from specmemo_plan.memory import Knobs
+from specmemo_plan.models import load_shape
+from specmemo_plan.plan import DeviceSpec, Generation, make_plan
+from specmemo_plan.split import make_split_plan
+
+GiB = 2**30
+OVERHEAD = 512 * 2**20
+RTX4090 = DeviceSpec(kind="cuda", name="NVIDIA GeForce RTX 4090", total_memory_bytes=25757220864, profile="rtx-4090")
+GCD = DeviceSpec(kind="rocm", name="AMD Instinct MI250 (one GCD)", total_memory_bytes=64 * GiB, profile="mi250-gcd")
+
+
+@pytest.fixture(scope="module")
+def one_gpu_plan():
+    """Llama-2-7B-chat + llama-68m on one RTX 4090, 22 GiB budget, batch 2, context 2048, k = 3, greedy."""
+    knobs = Knobs(batch_size=2, max_context=2048, draft_length=3)
+    return make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), "llama-68m", load_shape("llama-68m"),
+                     knobs, RTX4090, 22 * GiB, Generation(max_new_tokens=256, seed=7), device_overhead_bytes=OVERHEAD)
+
+
+@pytest.fixture(scope="module")
+def eight_gcd_plan():
+    """Llama-2-70B-chat + llama-68m on 8 MI250 GCDs (64 GiB each), batch 10, context 4096, k = 4."""
+    knobs = Knobs(batch_size=10, max_context=4096, draft_length=4)
+    plan, _ = make_split_plan("llama-2-70b-chat", load_shape("llama-2-70b-chat"), "llama-68m",
+                              load_shape("llama-68m"), knobs, GCD, [60 * GiB] * 8,
+                              Generation(max_new_tokens=512, sampling="sample", temperature=0.7), OVERHEAD)
+    return plan
+
+
+def components(plan):
+    return plan.prediction.memory["components"]
+
+
+def test_every_export_names_its_engine_version(one_gpu_plan):
+    versions = {}
+    for engine in ENGINES:
+        result = export_plan(one_gpu_plan, engine)
+        assert result.engine == engine and result.engine_version and result.docs
+        assert result.command and result.unsupported  # every engine misses some part of the plan
+        json.dumps(result.as_dict())
+        versions[engine] = result.engine_version
+    assert versions == {"vllm": "vLLM 0.25.0", "sglang": "SGLang 0.5.10", "llama.cpp": "llama.cpp b9245",
+                        "trtllm": "TensorRT-LLM 1.3", "hf": "transformers 5.24"}
+
+
+def test_vllm(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "vllm")
+    assert r.settings == {
+        "model": "meta-llama/Llama-2-7b-chat-hf",
+        "speculative_config": {"method": "draft_model", "model": "JackFram/llama-68m", "num_speculative_tokens": 3},
+        "gpu_memory_utilization": 0.917,  # 22 GiB / 24564 MiB = 0.91711..., rounded down
+        "max_num_seqs": 2,
+        "max_model_len": 2048,
+        "max_num_batched_tokens": 1024,  # batch x prefill chunk (512)
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "dtype": "float16",
+        "kv_cache_dtype": "auto",
+        "seed": 7,
+        "request": {"max_tokens": 256, "temperature": 0.0},
+    }
+    assert "--speculative-config '{\"method\": \"draft_model\"" in r.command
+    assert "--gpu-memory-utilization 0.917" in r.command and "--max-num-seqs 2" in r.command
+    assert any("prefill chunk" in u for u in r.unsupported)
+
+
+def test_sglang(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "sglang")
+    c = components(one_gpu_plan)
+    static = 22 * GiB - c["activations"] - c["candidate_buffers"] - c["runtime_overhead"]
+    assert r.settings["mem_fraction_static"] == math.floor(static / 25757220864 * 1000) / 1000
+    expected = {
+        "model_path": "meta-llama/Llama-2-7b-chat-hf",
+        "speculative_algorithm": "STANDALONE",
+        "speculative_draft_model_path": "JackFram/llama-68m",
+        "speculative_num_steps": 3,
+        "speculative_eagle_topk": 1,
+        "speculative_num_draft_tokens": 4,
+        "max_running_requests": 2,
+        "context_length": 2048,
+        "chunked_prefill_size": 1024,
+        "tp_size": 1,
+        "pp_size": 1,
+        "dtype": "float16",
+        "kv_cache_dtype": "auto",
+        "random_seed": 7,
+    }
+    assert {k: r.settings[k] for k in expected} == expected
+    assert "--speculative-num-draft-tokens 4" in r.command
+
+
+def test_llamacpp(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "llama.cpp")
+    assert r.settings == {
+        "model": "Llama-2-7b-chat-hf.gguf",
+        "spec_type": "draft-simple",
+        "spec_draft_model": "llama-68m.gguf",
+        "spec_draft_n_max": 3,
+        "spec_draft_n_min": 3,
+        "spec_draft_p_min": 0.0,
+        "spec_draft_sampling": "greedy",
+        "spec_draft_ngl": "all",
+        "cache_type_k_draft": "f16",
+        "cache_type_v_draft": "f16",
+        "ctx_size": 4096,  # 2 slots x 2048
+        "parallel": 2,
+        "n_gpu_layers": "all",
+        "cache_type_k": "f16",
+        "cache_type_v": "f16",
+        "batch_size": 1024,
+        "ubatch_size": 1024,
+        "fit": "off",
+        "n_predict": 256,
+        "temperature": 0.0,
+        "seed": 7,
+    }
+    for flag in ("--spec-type draft-simple", "-md llama-68m.gguf", "--spec-draft-n-max 3", "-c 4096", "-np 2"):
+        assert flag in r.command
+    assert "--draft-max" not in r.command  # removed from llama-server in PR #22397
+
+
+def test_trtllm(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "trtllm")
+    c = components(one_gpu_plan)
+    rest = sum(c.values()) - c["target_kv"] - c["draft_kv"]
+    fraction = math.floor((22 * GiB - rest) / (25757220864 - rest) * 1000) / 1000
+    assert r.settings["extra_llm_api_options"] == {
+        "kv_cache_config": {"free_gpu_memory_fraction": fraction, "dtype": "auto"},
+        "max_batch_size": 2,
+        "max_seq_len": 2048,
+        "max_num_tokens": 1024,
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "dtype": "float16",
+        "speculative_config": {"decoding_type": "Draft_Target", "max_draft_len": 3,
+                               "speculative_model": "JackFram/llama-68m"},
+    }
+    assert f"--kv_cache_free_gpu_memory_fraction {fraction}" in r.command
+    assert not any("NVIDIA GPUs only" in u for u in r.unsupported)
+
+
+def test_hf(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "hf")
+    assert r.settings["assistant_generation_config"] == {
+        "num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+    assert r.settings["generate"] == {"max_new_tokens": 256, "do_sample": False, "assistant_model": "<the draft model>"}
+    assert r.settings["target"]["device_map"] == {"": 0} and r.settings["draft"]["device_map"] == {"": 0}
+    assert any("batch_size = 1" in u for u in r.unsupported)
+    assert any("no memory cap" in u for u in r.unsupported)
+
+
+def test_multi_device_exports(eight_gcd_plan):
+    vllm = export_plan(eight_gcd_plan, "vllm")
+    assert vllm.settings["pipeline_parallel_size"] == 8 and vllm.settings["tensor_parallel_size"] == 1
+    assert vllm.settings["env"] == {"VLLM_PP_LAYER_PARTITION": "10,10,10,10,10,10,10,10"}
+    assert vllm.settings["gpu_memory_utilization"] == floor3(60 / 64) == 0.937
+    assert vllm.settings["request"] == {"max_tokens": 512, "temperature": 0.7}
+    assert vllm.command.startswith("VLLM_PP_LAYER_PARTITION=10,10,10,10,10,10,10,10 vllm serve")
+    cpp = export_plan(eight_gcd_plan, "llama.cpp")
+    assert cpp.settings["tensor_split"] == "10,10,10,10,10,10,10,10" and cpp.settings["split_mode"] == "layer"
+    assert cpp.settings["spec_draft_device"] == "ROCm7"  # the draft sits with the logits, on the last GCD
+    assert cpp.settings["spec_draft_sampling"] == "probabilistic"
+    trt = export_plan(eight_gcd_plan, "trtllm")
+    assert any("NVIDIA GPUs only" in u for u in trt.unsupported)
+    assert trt.settings["extra_llm_api_options"]["pipeline_parallel_size"] == 8
+    sgl = export_plan(eight_gcd_plan, "sglang")
+    assert sgl.settings["pp_size"] == 8
+    # smallest per-device static share: the last GCD holds the lm_head, logits and the draft
+    statics = [e["budget_bytes"] - e["components"]["activations"] - e["components"]["candidate_buffers"]
+               - e["components"]["runtime_overhead"] for e in eight_gcd_plan.per_device]
+    assert sgl.settings["mem_fraction_static"] == floor3(min(statics) / (64 * GiB))
+    hf = export_plan(eight_gcd_plan, "hf")
+    assert hf.settings["draft"]["device_map"] == {"": 7}
+    assert hf.settings["target"]["device_map"]["model.layers.79"] == 7
+    assert set(hf.settings["target"]["max_memory"]) == set(range(8))
+    assert hf.settings["generate"]["do_sample"] is True and hf.settings["generate"]["temperature"] == 0.7
+
+
+def test_dtypes_the_engines_cannot_express():
+    knobs = Knobs(batch_size=1, max_context=1024, draft_length=2, kv_dtype="int8")
+    plan = make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), "llama-68m", load_shape("llama-68m"),
+                     knobs, RTX4090, 22 * GiB, device_overhead_bytes=OVERHEAD)
+    assert export_plan(plan, "vllm").settings["kv_cache_dtype"] == "auto"
+    assert any("int8 KV" in u for u in export_plan(plan, "vllm").unsupported)
+    assert export_plan(plan, "llama.cpp").settings["cache_type_k"] == "q8_0"
+    fp8 = make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), "llama-68m", load_shape("llama-68m"),
+                    Knobs(batch_size=1, max_context=1024, draft_length=2, kv_dtype="fp8"), RTX4090, 22 * GiB,
+                    device_overhead_bytes=OVERHEAD)
+    assert export_plan(fp8, "vllm").settings["kv_cache_dtype"] == "fp8"
+    assert export_plan(fp8, "sglang").settings["kv_cache_dtype"] == "fp8_e4m3"
+    assert any("fp8 KV" in u for u in export_plan(fp8, "llama.cpp").unsupported)
+
+
+def test_plain_plan_and_unknown_engine(one_gpu_plan):
+    plain = make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), None, None,
+                      Knobs(batch_size=4, max_context=2048), RTX4090, 22 * GiB, device_overhead_bytes=OVERHEAD)
+    assert export_plan(plain, "vllm").settings["speculative_config"] is None
+    assert "speculative_algorithm" not in export_plan(plain, "sglang").settings
+    assert "--spec-type" not in export_plan(plain, "llama.cpp").command
+    assert "speculative_config" not in export_plan(plain, "trtllm").settings["extra_llm_api_options"]
+    assert export_plan(one_gpu_plan, "llamacpp").engine == "llama.cpp"
+    with pytest.raises(SpecMemoError, match="unknown engine 'vlm'.*vllm"):
+        export_plan(one_gpu_plan, "vlm")
+
+
+def test_hf_settings_run_assisted_generation_on_cpu(tmp_path):
+    """Apply the HF export of a CPU plan to two tiny random Llamas with transformers: greedy SD output equals
+    plain greedy output, and k stays constant."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    paths = {}
+    for name, layers in (("target", 3), ("draft", 1)):
+        config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    knobs = Knobs(batch_size=1, max_context=128, draft_length=3, weight_dtype="fp32")
+    cpu = DeviceSpec(kind="cpu", name="cpu", total_memory_bytes=8 * GiB)
+    plan = make_plan(paths["target"], load_shape(paths["target"]), paths["draft"], load_shape(paths["draft"]),
+                     knobs, cpu, 1 * GiB, Generation(max_new_tokens=20))
+    s = export_plan(plan, "hf").settings
+    assert s["target"]["device_map"] == {"": "cpu"}
+    target = AutoModelForCausalLM.from_pretrained(**{**s["target"], "dtype": getattr(torch, s["target"]["dtype"])})
+    draft = AutoModelForCausalLM.from_pretrained(**{**s["draft"], "dtype": getattr(torch, s["draft"]["dtype"])})
+    for key, value in s["assistant_generation_config"].items():
+        setattr(draft.generation_config, key, value)
+    prompt = torch.tensor([[1, 5, 9, 13, 17]])
+    kwargs = {k: v for k, v in s["generate"].items() if k != "assistant_model"}
+    sd = target.generate(prompt, assistant_model=draft, **kwargs)
+    plain = target.generate(prompt, **kwargs)
+    assert torch.equal(sd, plain) and sd.shape[1] == 5 + 20
+    assert draft.generation_config.num_assistant_tokens == 3
