@@ -567,5 +567,226 @@ def demo(target, draft, budget, context, output, device, num_prompts, as_json):
     emit({"plan": str(output), **p.to_dict()}, as_json, lambda: "\n".join([fit_rows(measured), render_tune(p, info, verified)]))
 
 
+
+# ----------------------------------------------------------------------------- several devices, export (split.py, export.py)
+#
+# `--devices N` (and `--split-policy`) are added to estimate, min-budget, fit and plan: N = 1 runs the command as
+# it was; N > 1 splits the target layer-wise over N devices of the --profile's kind (or the local probe's GPUs).
+
+
+def _n_devices(profile_name, num_devices):
+    """(DeviceSpec, profile or None, memory of one device) for N devices: N of the --profile, else the first N
+    GPUs the local probe finds (their smallest memory)."""
+    from .hardware import load_profile, probe_devices, profile_for_device
+    from .plan import DeviceSpec
+
+    if profile_name:
+        p = load_profile(profile_name)
+        spec = DeviceSpec(kind=p.backend, name=p.name, total_memory_bytes=p.memory_bytes, profile=p.key, count=num_devices)
+        return spec, p, p.memory_bytes
+    found, _notes = probe_devices(use_torch=False)
+    gpus = [d for d in found if d.backend != "cpu"]
+    if len(gpus) < num_devices:
+        raise SpecMemoError(
+            f"--devices {num_devices} needs {num_devices} GPUs; this machine shows {len(gpus)}",
+            "name the device kind with --profile (for example --profile mi250-gcd or --profile a100-40gb)",
+        )
+    gpus = gpus[:num_devices]
+    profile = profile_for_device(gpus[0]) if gpus[0].profile_key else None
+    memory = min(d.total_memory_bytes for d in gpus)
+    spec = DeviceSpec(kind=gpus[0].backend, name=gpus[0].name, total_memory_bytes=memory,
+                      profile=profile.key if profile else None, count=num_devices)
+    return spec, profile, memory
+
+
+def _split_rows(split):
+    rows = []
+    for s in split.devices:
+        c = s.memory.components
+        holds = ", ".join(name for name, flag in (("embedding", s.holds_embedding), ("lm_head", s.holds_lm_head),
+                                                  ("draft", s.holds_draft)) if flag)
+        rows.append([s.index, f"{s.layers[0]}-{s.layers[1]}" if s.layers else "-",
+                     report.gib(c["target_weights"] + c["draft_weights"]), report.gib(c["target_kv"] + c["draft_kv"]),
+                     report.gib(c["candidate_buffers"]), report.gib(c["activations"]), report.gib(c["runtime_overhead"]),
+                     report.gib(s.memory.total_bytes), report.gib(s.budget_bytes), holds or "-"])
+    return report.table(rows, ["device", "layers", "weights GiB", "KV GiB", "buffers GiB", "activations GiB",
+                               "overhead GiB", "total GiB", "budget GiB", "holds"])
+
+
+def _split_summary(split, single_total):
+    return (f"{split.used_devices} of {len(split.devices)} devices used ({split.policy}); all devices together "
+            f"{format_bytes(split.total.total_bytes)} = one-device {format_bytes(single_total)} + per-device duplicates "
+            f"(runtime overhead {format_bytes(split.duplicates['runtime_overhead'])}, activations "
+            f"{format_bytes(split.duplicates['activations'])}); {split.hops} hop(s) per forward")
+
+
+def _with_devices(command, handler, help_extra=""):
+    """Give an existing command --devices and --split-policy; N = 1 calls the command unchanged."""
+    from .split import DEFAULT_POLICY, POLICIES
+
+    command.params.append(click.Option(
+        ["--devices", "num_devices"], type=int, default=1, show_default=True, callback=positive,
+        help="Split the target layer-wise over N devices of the --profile's kind (or this machine's GPUs)." + help_extra))
+    command.params.append(click.Option(
+        ["--split-policy"], type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
+        help="With --devices: spread layers over every device (balanced) or fill device 0 first (sequential)."))
+    original = command.callback
+
+    @functools.wraps(original)
+    def callback(*args, num_devices=1, split_policy=DEFAULT_POLICY, **kwargs):
+        if num_devices == 1:
+            return original(*args, **kwargs)
+        return user_errors(handler)(num_devices=num_devices, split_policy=split_policy, **kwargs)
+
+    command.callback = callback
+
+
+def _estimate_devices(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+                      profile_name, as_json, num_devices, split_policy):
+    from .split import split_layers
+
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    spec, profile, memory = _n_devices(profile_name, num_devices)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    single = breakdown(t, d, knobs, overhead)
+    split = split_layers(t, d, knobs, [memory] * num_devices, overhead, split_policy)
+    data = dict(split.total.as_dict(), knobs=knobs.__dict__, profile=spec.profile, device_memory_bytes=memory,
+                single_device_total_bytes=single.total_bytes, fits=True, split=split.as_dict())
+    head = f"{t.name} + {d.name} (k={knobs.draft_length})" if d else f"{t.name} (plain decoding)"
+    emit(data, as_json, lambda: "\n".join([
+        f"{head}, batch {batch}, context {context}, on {num_devices} x {spec.name} ({format_bytes(memory)} each)",
+        _split_rows(split), _split_summary(split, single.total_bytes)]))
+
+
+def _min_budget_devices(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+                        profile_name, as_json, acceptance, bandwidth_gbps, retain, num_devices, split_policy):
+    from .split import min_budget_split
+
+    if not draft:
+        raise click.UsageError("min-budget needs --draft: it is the budget under which SD still pays")
+    t, d, knobs = gather_models(target, draft, draft_length or 1, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    spec, profile, _memory = _n_devices(profile_name, num_devices)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    latency = latency_for(profile, bandwidth_gbps, dtype)
+    link = profile.interconnect_bandwidth_gbps if profile else None
+    budget, k, split, speed = min_budget_split(t, d, knobs, latency, num_devices, overhead, link, retain,
+                                               acceptance=acceptance)
+    s = speed.speed
+    data = {"min_budget_bytes_per_device": budget, "num_devices": num_devices, "draft_length": k,
+            "predicted_speedup": s.speedup, "tokens_per_s": s.tokens_per_s, "plain_tokens_per_s": s.plain_tokens_per_s,
+            "acceptance": acceptance, "retain": retain, "latency_source": latency.source,
+            "interconnect_gbps": link, "split": split.as_dict()}
+    emit(data, as_json, lambda: "\n".join([
+        report.key_values([
+            ["minimum budget per device", f"{report.describe_bytes(budget)} x {num_devices} devices"],
+            ["at draft length k", k],
+            ["predicted speedup", f"{s.speedup:.2f}x ({latency.source}, acceptance {acceptance})"],
+            ["predicted tokens/s", f"{s.tokens_per_s:,.1f} (plain {s.plain_tokens_per_s:,.1f})"],
+        ]),
+        _split_rows(split)]))
+
+
+def _fit_devices(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+                 profile_name, as_json, budget, num_devices, split_policy):
+    from .split import fits_split, largest_split, split_layers
+
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    spec, profile, _memory = _n_devices(profile_name, num_devices)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    budgets = [budget] * num_devices
+    if not fits_split(t, d, replace(knobs, batch_size=1, max_context=1), budgets, overhead):
+        raise SpecMemoError(
+            f"{num_devices} x {format_bytes(budget)} cannot hold the weights, in whole decoder layers, with each "
+            "device's runtime overhead",
+            "raise --budget or --devices, or use a smaller --dtype (int8, int4)",
+        )
+    fits = fits_split(t, d, knobs, budgets, overhead)
+    split = split_layers(t, d, knobs, budgets, overhead, split_policy) if fits else None
+    data = {
+        "budget_bytes": budget, "num_devices": num_devices, "fits": fits,
+        "total_bytes": split.total.total_bytes if split else None,
+        "largest_batch": largest_split("batch_size", t, d, knobs, budgets, overhead),
+        "largest_context": largest_split("max_context", t, d, knobs, budgets, overhead),
+        "largest_draft_length": largest_split("draft_length", t, d, knobs, budgets, overhead, high=budget_mod.K_SEARCH_LIMIT),
+        "model_max_context": budget_mod.context_limit(t, d),
+        "split": split.as_dict() if split else None,
+    }
+    lines = [report.key_values([
+        ["budget", f"{report.describe_bytes(budget)} per device x {num_devices}"],
+        ["these knobs", "fit" if fits else "do NOT fit"],
+        [f"largest batch (context {context}, k={knobs.draft_length})", data["largest_batch"] or "none"],
+        [f"largest context (batch {batch}, k={knobs.draft_length})",
+         f"{data['largest_context'] or 'none'} (models' limit {data['model_max_context']})"],
+        [f"largest k (batch {batch}, context {context}, searched to {budget_mod.K_SEARCH_LIMIT})",
+         (data["largest_draft_length"] or "none") if d else "- (no draft)"],
+    ])]
+    if split:
+        lines.append(_split_rows(split))
+    emit(data, as_json, lambda: "\n".join(lines))
+
+
+def _plan_devices(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+                  as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling, temperature, seed, output,
+                  num_devices, split_policy):
+    from . import plan as plan_mod
+    from .split import make_split_plan, predict_split_speed, split_layers
+
+    t, d, knobs = gather_models(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk)
+    spec, profile, memory = _n_devices(profile_name, num_devices)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    budgets = [budget or memory] * num_devices
+    latency = latency_for(profile, bandwidth_gbps, dtype)
+    link = profile.interconnect_bandwidth_gbps if profile else None
+    split = split_layers(t, d, knobs, budgets, overhead, split_policy)
+    speed = predict_split_speed(split, t, d, knobs, latency, link, acceptance).speed
+    p, split = make_split_plan(
+        target, t, draft, d, knobs, spec, budgets,
+        plan_mod.Generation(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, seed=seed),
+        overhead, throughput=speed.plan_fields(latency.source, "given" if acceptance != DEFAULT_ACCEPTANCE else "assumed"),
+        provenance={"command": "specmemo-plan plan", "argv": sys.argv[1:], "method": "explicit knobs, predicted"},
+        policy=split_policy,
+    )
+    path = plan_mod.write_plan(p, output)
+    single = breakdown(t, d, knobs, overhead)
+    emit({"plan": str(path), **p.to_dict()}, as_json, lambda: "\n".join([
+        f"wrote {path}",
+        report.key_values([
+            ["devices", f"{num_devices} x {spec.name} ({spec.kind}, {format_bytes(spec.total_memory_bytes)} each)"],
+            ["budget per device", report.describe_bytes(budgets[0])],
+            ["predicted total, all devices", report.describe_bytes(split.total.total_bytes)],
+            ["predicted tokens/s", f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain, {latency.source}"
+                                   + (f", {link:g} GB/s between devices)" if link else ")")],
+        ]),
+        _split_rows(split), _split_summary(split, single.total_bytes)]))
+
+
+_with_devices(cli.commands["estimate"], _estimate_devices)
+_with_devices(cli.commands["min-budget"], _min_budget_devices)
+_with_devices(cli.commands["fit"], _fit_devices, " --budget is per device.")
+_with_devices(cli.commands["plan"], _plan_devices, " Writes per_device into the plan; --budget is per device.")
+
+
+@cli.command("export")
+@click.argument("plan_path", type=click.Path(dir_okay=False))
+@click.option("--to", "engine", required=True, help="vllm, sglang, llama.cpp, trtllm or hf.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def export_cmd(plan_path, engine, as_json):
+    """Print the settings that reproduce a plan in another engine, and what that engine cannot express."""
+    from .export import export_plan
+    from .plan import read_plan
+
+    result = export_plan(read_plan(plan_path), engine)
+
+    def render():
+        lines = [f"# {result.engine_version} (option names from {', '.join(result.docs)})", result.command]
+        if result.unsupported:
+            lines += ["", f"not expressible in {result.engine}:"] + [f"  - {u}" for u in result.unsupported]
+        if result.notes:
+            lines += ["", "notes:"] + [f"  - {n}" for n in result.notes]
+        return "\n".join(lines)
+
+    emit(result.as_dict(), as_json, render)
+
 if __name__ == "__main__":
     main()

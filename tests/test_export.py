@@ -241,3 +241,20 @@ def test_hf_settings_run_assisted_generation_on_cpu(tmp_path):
     plain = target.generate(prompt, **kwargs)
     assert torch.equal(sd, plain) and sd.shape[1] == 5 + 20
     assert draft.generation_config.num_assistant_tokens == 3
+
+
+def test_cli_export(tmp_path, one_gpu_plan):
+    from click.testing import CliRunner
+
+    from specmemo_plan.cli import cli
+    from specmemo_plan.plan import write_plan
+
+    path = write_plan(one_gpu_plan, tmp_path / "plan.json")
+    result = CliRunner().invoke(cli, ["export", str(path), "--to", "vllm", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["engine_version"] == "vLLM 0.25.0" and data["settings"] == export_plan(one_gpu_plan, "vllm").settings
+    text = CliRunner().invoke(cli, ["export", str(path), "--to", "llama.cpp"]).output
+    assert "llama-server" in text and "not expressible in llama.cpp" in text
+    bad = CliRunner().invoke(cli, ["export", str(path), "--to", "tgi"])
+    assert bad.exit_code == 1 and "unknown engine" in bad.output

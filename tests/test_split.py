@@ -276,3 +276,63 @@ def test_split_plan_round_trip(tmp_path):
     assert target_map == split.device_map and draft_map == {"": 7}
     assert max_memory == split.max_memory
     json.dumps(split.as_dict())  # serialisable
+
+
+# ----------------------------------------------------------------------------- CLI: --devices
+
+
+def cli_run(*args):
+    from click.testing import CliRunner
+
+    from specmemo_plan.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+SEVENTY = ["-t", "llama-2-70b-chat", "-d", "llama-68m"]
+
+
+def test_cli_estimate_and_fit_with_devices():
+    result = cli_run("estimate", *SEVENTY, "--devices", "8", "--profile", "mi250-gcd", "-b", "10", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["split"]["num_devices"] == 8 and len(data["split"]["devices"]) == 8
+    assert data["total_bytes"] == data["single_device_total_bytes"] + sum(data["split"]["duplicates"].values())
+    assert "layers" in cli_run("estimate", *SEVENTY, "--devices", "8", "--profile", "mi250-gcd").output
+    fit = json.loads(cli_run("fit", *SEVENTY, "--devices", "4", "--profile", "a100-40gb", "--budget", "40GiB",
+                             "-b", "4", "--json").stdout)
+    assert fit["fits"] and fit["largest_batch"] == 9 and fit["num_devices"] == 4
+    # one device: the command as it was
+    single = json.loads(cli_run("estimate", "-t", "llama-2-7b-chat", "-d", "llama-68m", "--json").stdout)
+    assert "split" not in single
+
+
+def test_cli_plan_and_min_budget_with_devices(tmp_path):
+    from specmemo_plan.plan import read_plan
+
+    out = tmp_path / "p.json"
+    result = cli_run("plan", *SEVENTY, "--devices", "8", "--profile", "mi250-gcd", "-b", "10", "-k", "4", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    plan = read_plan(out)
+    assert plan.device.count == 8 and [e["num_layers"] for e in plan.per_device] == [10] * 8
+    assert plan.prediction.tokens_per_s > plan.prediction.plain_tokens_per_s
+    mb = json.loads(cli_run("min-budget", *SEVENTY, "--devices", "2", "--profile", "rtx-4090", "--dtype", "int4",
+                            "-c", "2048", "--json").stdout)
+    assert mb["num_devices"] == 2 and mb["predicted_speedup"] > 1
+    assert all(e["total_bytes"] <= mb["min_budget_bytes_per_device"] for e in mb["split"]["devices"])
+
+
+def test_cli_devices_without_profile_uses_the_probe(monkeypatch):
+    import specmemo_plan.hardware as hardware
+
+    cpu_only = hardware.ProbedDevice(index=0, backend="cpu", name="cpu", total_memory_bytes=64 * GiB,
+                                     free_memory_bytes=None, details={}, source="procfs")
+    monkeypatch.setattr(hardware, "probe_devices", lambda **kw: ([cpu_only], []))
+    result = cli_run("estimate", *SEVENTY, "--devices", "2")
+    assert result.exit_code == 1 and "needs 2 GPUs" in result.output and "--profile" in result.output
+    gpu = hardware.ProbedDevice(index=0, backend="cuda", name="NVIDIA A100-SXM4-40GB",
+                                total_memory_bytes=42949672960, free_memory_bytes=None, details={}, source="nvml",
+                                profile_key="a100-40gb")
+    monkeypatch.setattr(hardware, "probe_devices", lambda **kw: ([gpu] * 4 + [cpu_only], []))
+    data = json.loads(cli_run("estimate", *SEVENTY, "--devices", "4", "-b", "2", "--json").stdout)
+    assert data["profile"] == "a100-40gb" and data["split"]["used_devices"] == 4
