@@ -191,11 +191,20 @@ def _free_kv_fraction(f: _Facts) -> float:
     return floor3(min(share(d) for d in _used(f)))
 
 
+QUANTISED_CHECKPOINTS = {
+    "int4": "a GPTQ or AWQ int4 checkpoint (groups of 128, as the plan assumes)",
+    "int8": "an int8 checkpoint (GPTQ 8-bit or bitsandbytes LLM.int8)",
+    "fp8": "an FP8 checkpoint, or on-the-fly FP8 (--quantization fp8 where the engine has it)",
+}
+
+
 def _float_dtype_note(f: _Facts, engine: str, out: list) -> None:
     for label, dtype in (("target", f.weight_dtype), ("draft", f.draft_dtype or f.weight_dtype)):
+        if label == "draft" and not f.draft:
+            continue
         if dtype not in TORCH_DTYPE_NAMES:
-            out.append(f"{label} weights in {dtype}: {engine} reads quantisation from the checkpoint; give it a "
-                       f"checkpoint quantised to {dtype} (GPTQ/AWQ/FP8), whose exact bytes differ from the plan's")
+            out.append(f"{label} weights in {dtype}: {engine} takes the quantisation from the model it loads; give it "
+                       f"{QUANTISED_CHECKPOINTS[dtype]}; its bytes differ slightly from the plan's")
 
 
 def _flags(pairs) -> str:
