@@ -50,9 +50,13 @@ def _read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[st
     return out
 
 
-def _engine(plan_path: str, device: str | None):
+def _engine(plan_path: str, device: str | None, threads: int | None = None):
+    import torch
+
     from .runtime import Engine
 
+    if threads:
+        torch.set_num_threads(threads)
     engine = Engine(plan_path, device=device)
     for role, random in engine.random_weights.items():
         if random:
@@ -124,9 +128,10 @@ def _stats_dict(engine, result) -> dict:
 @click.option("--chat-template/--no-chat-template", default=None, help="wrap each prompt in the tokenizer's chat template (default: when it has one)")
 @click.option("--ignore-eos", is_flag=True, help="always generate max-new-tokens (benchmarks)")
 @click.option("--device", help="torch device (default: from the plan's device kind)")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice)")
 @click.option("--json", "as_json", is_flag=True, help="print {outputs, stats, memory} as JSON")
 @click.pass_context
-def main(ctx, plan_path, prompts, prompts_file, max_new_tokens, chat_template, ignore_eos, device, as_json):
+def main(ctx, plan_path, prompts, prompts_file, max_new_tokens, chat_template, ignore_eos, device, threads, as_json):
     """Speculative decoding inside a plan's memory."""
     if ctx.invoked_subcommand is not None:
         return
@@ -134,7 +139,7 @@ def main(ctx, plan_path, prompts, prompts_file, max_new_tokens, chat_template, i
         raise click.UsageError("--plan is required (or use the `chat` command)")
     try:
         texts = _read_prompts(prompts, prompts_file)
-        engine = _engine(plan_path, device)
+        engine = _engine(plan_path, device, threads)
         result = engine.generate(texts, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, chat_template=chat_template)
     except SpecMemoError as exc:
         _fail(exc)
@@ -160,11 +165,12 @@ def main(ctx, plan_path, prompts, prompts_file, max_new_tokens, chat_template, i
               help="when a turn would outgrow the plan's context: refuse it, or drop the oldest turns")
 @click.option("--max-new-tokens", type=click.IntRange(min=1))
 @click.option("--device")
+@click.option("--threads", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per reply")
-def chat(plan_path, system, on_overflow, max_new_tokens, device, as_json):
+def chat(plan_path, system, on_overflow, max_new_tokens, device, threads, as_json):
     """Interactive multi-turn chat; the KV of earlier turns is reused. Commands: /reset, /stats, /exit."""
     try:
-        engine = _engine(plan_path, device)
+        engine = _engine(plan_path, device, threads)
         session = engine.chat(system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens)
     except SpecMemoError as exc:
         _fail(exc)

@@ -212,7 +212,7 @@ def resolve_device(plan: Plan, requested: str | None) -> torch.device:
     if backend != kind:
         raise _refuse("device.kind", f"the plan is for {kind}, this torch build runs {backend}", f"make a plan for {backend}")
     name = torch.cuda.get_device_name(device)
-    if name != plan.device.name:
+    if " ".join(name.lower().split()) != " ".join(plan.device.name.lower().split()):
         raise _refuse("device.name", f"the plan was made for {plan.device.name!r}, this device is {name!r}",
                       "make a plan on this device (specmemo-plan tune) or for its profile")
     total = torch.cuda.get_device_properties(device).total_memory
@@ -258,6 +258,10 @@ class Engine:
         self.draft_model = None
         if plan.draft is not None:
             self.draft_model = draft or load_model(plan.draft.ref, knobs.draft_dtype, self.device, seed + 1)
+        if self.device.type == "cpu":  # weights loaded from safetensors are mmapped: page them in now,
+            for loaded in (self.target_model, self.draft_model):  # so generation's measured peak is not weights
+                if loaded is not None:
+                    _page_in(loaded.model)
         self.random_weights = {"target": self.target_model.random_weights}
         if self.draft_model is not None:
             self.random_weights["draft"] = self.draft_model.random_weights
@@ -517,6 +521,13 @@ class Engine:
             cap["headroom_after_bytes"] = cap["budget_bytes"] - process["peak_reserved_bytes"]
             measured["cap"] = cap
         return {"predicted": predicted, "measured": measured}
+
+
+@torch.inference_mode()
+def _page_in(model: torch.nn.Module) -> None:
+    """Read every parameter once (a file-backed mmap counts in RSS only once touched)."""
+    for p in model.parameters():
+        p.sum()
 
 
 def _template_ids(tokenizer, messages: list[dict]) -> list[int]:

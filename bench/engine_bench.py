@@ -1,0 +1,279 @@
+"""Engine vs transformers, same pair, same k, same prompts, one process, batch 1, greedy.
+
+    .venv/bin/python bench/engine_bench.py [--target REF] [--draft REF|noisy:SIGMA] [-k 4]
+        [--num-prompts 8] [--max-new-tokens 64] [--threads N] [--repeats 2] [--json]
+
+Rows: this engine (speculative decoding inside a plan), transformers `generate` (plain greedy), and
+transformers `generate(assistant_model=draft)` with the same k held constant (set on the assistant's
+generation config, where transformers reads it: num_assistant_tokens=k, schedule "constant",
+assistant_confidence_threshold=0, so it always drafts k).
+
+Default pair: bundled:smollm2-135m-instruct with the trained draft bundled:smollm2-135m-draft when
+that folder exists; otherwise a noisy copy of the target (noise on its tied embedding), which says
+nothing about speed-up over plain decoding (the draft costs as much as the target) but compares the
+two speculative implementations on equal work. Prompts: the first turn of the held-out calibration
+prompts (specmemo_plan/data), one per category, in the chat template.
+
+Measured per method:
+- tokens/s: new tokens of all prompts / wall time of all generate calls (prefill included);
+- peak generation memory = peak memory during generation minus the weights (PAPER.md). On CPU it is
+  the process's peak RSS during the generate calls (VmHWM, reset through /proc/self/clear_refs after
+  malloc_trim) minus the RSS before them; for the engine, whose KV caches and step buffers are
+  allocated once beforehand, their exact bytes are added. On CUDA: torch's peak allocated bytes
+  minus the bytes allocated before the calls (plus the engine's static caches).
+- acceptance rate: the engine's (greedy, same pair and k: transformers' assisted generation accepts
+  the same drafts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine import memory_probe  # noqa: E402
+from engine.loading import LoadedModel, load_model, load_tokenizer  # noqa: E402
+from engine.runtime import Engine, _template_ids  # noqa: E402
+from specmemo_plan.errors import SpecMemoError  # noqa: E402
+from specmemo_plan.memory import Knobs  # noqa: E402
+from specmemo_plan.models import load_shape  # noqa: E402
+from specmemo_plan.plan import DeviceSpec, Generation, make_plan  # noqa: E402
+
+DEFAULT_TARGET = "bundled:smollm2-135m-instruct"
+DEFAULT_DRAFT = "bundled:smollm2-135m-draft"
+CALIBRATION = Path(__file__).resolve().parents[1] / "specmemo_plan" / "data" / "calibration_prompts.json"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_pair(target_ref: str, draft_ref: str | None, dtype: str, device):
+    target = load_model(target_ref, dtype, device)
+    note = None
+    if draft_ref is None:
+        try:
+            load_shape(DEFAULT_DRAFT)
+            draft_ref = DEFAULT_DRAFT
+        except SpecMemoError:
+            draft_ref = "noisy:0.15"
+            note = f"{DEFAULT_DRAFT} is not there yet: the draft is a noisy copy of the target (same size)"
+    if draft_ref.startswith("noisy:"):
+        sigma = float(draft_ref.split(":", 1)[1])
+        model = copy.deepcopy(target.model)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb.add_((sigma * emb.std().item() * torch.randn(emb.shape, generator=gen)).to(emb))
+        draft = LoadedModel(model, target.shape, random_weights=False)
+        draft_plan_ref = target_ref  # same shape and fingerprint as the target
+    else:
+        draft = load_model(draft_ref, dtype, device)
+        draft_plan_ref = draft_ref
+    return target, draft, draft_ref, draft_plan_ref, note
+
+
+def bench_prompts(tokenizer, n: int, path: str | None) -> list[list[int]]:
+    if path:
+        texts = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    else:
+        data = json.loads(CALIBRATION.read_text())["prompts"]
+        by_category = {}
+        for p in data:
+            by_category.setdefault(p["category"], []).append(p["turns"][0])
+        texts = [t for i in range(12) for c in by_category for t in by_category[c][i : i + 1]]
+    texts = texts[:n]
+    if tokenizer is None:
+        return [[(b % 250) + 3 for b in t.encode()] for t in texts]
+    return [_template_ids(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+
+
+class Measure:
+    """Wall time, new tokens and the peak generation memory of a block of generate calls."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            memory_probe.trim_heap()
+            self.start = memory_probe._proc_status().get("VmRSS", 0)
+            memory_probe.reset_peak_rss()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.seconds = time.perf_counter() - self.t0
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self.seconds = time.perf_counter() - self.t0
+            self.peak = memory_probe._proc_status().get("VmHWM", 0) - self.start
+        return False
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    target, draft, draft_ref, draft_plan_ref, note = load_pair(args.target, args.draft, args.dtype, device)
+    if note:
+        log(f"note: {note}")
+    tokenizer = load_tokenizer(args.target)
+    prompts = bench_prompts(tokenizer, args.num_prompts, args.prompts_file)
+    k, max_new = args.k, args.max_new_tokens
+    eos = target.model.generation_config.eos_token_id
+    pad = target.model.generation_config.pad_token_id
+    pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+
+    context = max(len(p) for p in prompts) + max_new
+    knobs = Knobs(batch_size=1, max_context=context, draft_length=k, weight_dtype=args.dtype)
+    kind = "cpu" if device.type == "cpu" else ("rocm" if torch.version.hip else "cuda")
+    name = "cpu" if kind == "cpu" else torch.cuda.get_device_name(device)
+    plan = make_plan(args.target, target.shape, draft_plan_ref, draft.shape, knobs,
+                     DeviceSpec(kind=kind, name=name, total_memory_bytes=2**40), 2**40,
+                     generation=Generation(max_new_tokens=max_new))
+    engine = Engine(plan, device=str(device), target=target, draft=draft, tokenizer=tokenizer)
+    static = engine.static_bytes()
+    engine_static = static["target_kv"] + static["draft_kv"] + static["candidate_buffers"]
+
+    def hf_plain(ids):
+        with torch.inference_mode():
+            out = target.model.generate(torch.tensor([ids], device=device), do_sample=False, max_new_tokens=max_new,
+                                        pad_token_id=pad)
+        return out[0, len(ids):].tolist()
+
+    # transformers reads the draft length from the assistant's own generation config
+    assistant_config = draft.model.generation_config
+    assistant_config.num_assistant_tokens = k
+    assistant_config.num_assistant_tokens_schedule = "constant"
+    assistant_config.assistant_confidence_threshold = 0.0  # no early stop: always k drafts, as the engine
+
+    def hf_assisted(ids):
+        with torch.inference_mode():
+            out = target.model.generate(torch.tensor([ids], device=device), assistant_model=draft.model,
+                                        do_sample=False, max_new_tokens=max_new, pad_token_id=pad)
+        return out[0, len(ids):].tolist()
+
+    def ours(ids):
+        return engine.generate([ids], max_new_tokens=max_new).outputs[0].token_ids
+
+    methods = {"engine (speculative)": ours, "transformers generate (plain)": hf_plain,
+               "transformers generate (assisted)": hf_assisted}
+    log("warming up")
+    for fn in methods.values():
+        fn(prompts[0][:16])
+    results, outputs = {}, {}
+    acceptance = []
+    for rep in range(args.repeats):
+        for name, fn in methods.items():  # interleaved: background load hits every method alike
+            log(f"repeat {rep + 1}/{args.repeats}: {name}")
+            with Measure(device) as m:
+                outs = [fn(p) for p in prompts]
+            tokens = sum(len(o) for o in outs)
+            outputs[name] = outs
+            peak = m.peak + (engine_static if name.startswith("engine") else 0)
+            best = results.get(name)
+            tps = tokens / m.seconds
+            results[name] = {
+                "tokens": tokens, "seconds": min(m.seconds, best["seconds"]) if best else m.seconds,
+                "tokens_per_s": max(tps, best["tokens_per_s"]) if best else tps,
+                "peak_generation_bytes": max(peak, best["peak_generation_bytes"]) if best else peak,
+            }
+    # acceptance of the pair, from the engine's own statistics (one more pass, not timed)
+    from engine.runtime import Stats
+
+    stats = Stats(k)
+    for p in prompts:
+        stats.merge(engine.generate([p], max_new_tokens=max_new).stats)
+    acceptance = stats.as_dict()
+    ref = outputs["transformers generate (plain)"]
+    identical = {name: outs == ref for name, outs in outputs.items()}
+    return {
+        "target": args.target, "draft": draft_ref, "draft_note": note, "k": k, "dtype": args.dtype,
+        "device": str(device), "threads": torch.get_num_threads(), "prompts": len(prompts),
+        "max_new_tokens": max_new, "plan_context": context,
+        "acceptance_rate": acceptance["acceptance_rate"], "tokens_per_step": acceptance["tokens_per_step"],
+        "accepted_histogram": acceptance["accepted_histogram"],
+        "predicted_generation_bytes": plan.prediction.memory["generation_bytes"],
+        "engine_static_generation_bytes": engine_static,
+        "memory_method": ("torch.cuda peak allocated minus allocated before" if device.type == "cuda" else
+                          "peak RSS (VmHWM reset via /proc/self/clear_refs after malloc_trim) minus RSS before") +
+                         "; engine: plus its preallocated KV caches and step buffers",
+        "identical_to_plain_greedy": identical,
+        "methods": results,
+    }
+
+
+def render(report: dict) -> str:
+    from tabulate import tabulate
+
+    from specmemo_plan.units import format_bytes
+
+    methods = report["methods"]
+    engine = methods["engine (speculative)"]
+    assisted = methods["transformers generate (assisted)"]
+    plain = methods["transformers generate (plain)"]
+    rows = []
+    for name, r in methods.items():
+        rows.append((name, f"{r['tokens_per_s']:.2f}", format_bytes(r["peak_generation_bytes"]), r["tokens"],
+                     "yes" if report["identical_to_plain_greedy"][name] else "NO"))
+    table = tabulate(rows, headers=("method", "tokens/s", "peak generation memory", "new tokens", "same tokens as plain"),
+                     tablefmt="github")
+    lines = [
+        f"pair: {report['target']} + draft {report['draft']}, k={report['k']}, {report['dtype']}, {report['device']}, "
+        f"{report['threads']} threads, {report['prompts']} prompts x {report['max_new_tokens']} new tokens, batch 1, greedy",
+    ]
+    if report["draft_note"]:
+        lines.append(f"note: {report['draft_note']}")
+    lines += [
+        "", table, "",
+        f"acceptance rate {report['acceptance_rate']:.3f}, {report['tokens_per_step']:.2f} tokens per step",
+        f"engine vs assisted: {engine['tokens_per_s'] / assisted['tokens_per_s']:.2f}x tokens/s, "
+        f"{engine['peak_generation_bytes'] / assisted['peak_generation_bytes']:.2f}x generation memory",
+        f"engine vs plain: {engine['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s",
+        f"plan's predicted generation memory: {format_bytes(report['predicted_generation_bytes'])} "
+        f"(static part {format_bytes(report['engine_static_generation_bytes'])})",
+        f"memory: {report['memory_method']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default=DEFAULT_TARGET)
+    ap.add_argument("--draft", default=None, help=f"a model reference, or noisy:SIGMA (default: {DEFAULT_DRAFT} when present)")
+    ap.add_argument("-k", "--draft-length", dest="k", type=int, default=4)
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--prompts-file", help="one prompt per line instead of the calibration prompts")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes per method, best kept")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        report = run(args)
+    except SpecMemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+
+
+if __name__ == "__main__":
+    main()
