@@ -151,16 +151,20 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
 
 
 def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int = 8, max_new_tokens: int = 64,
-           device: str | None = None, compare_plain: bool = True) -> dict:
+           device: str | None = None, compare_plain: bool = True, models: tuple | None = None) -> dict:
     """Run the engine on the plan over calibration prompts (batches of the plan's batch), and plain
-    decoding with the same batch and context; measured speed and memory beside the predictions."""
+    decoding with the same batch and context; measured speed and memory beside the predictions.
+    `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading."""
     from engine.loading import load_model
     from engine.profiling import calibration_prompts
     from engine.runtime import Engine
 
-    torch_device = device or measured.device.get("torch_device") if measured else device
-    target = load_model(plan.target.ref, plan.knobs.weight_dtype, torch_device or "cpu")
-    draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device or "cpu", seed=1) if plan.draft else None
+    torch_device = device or (measured.device.get("torch_device") if measured else None) or "cpu"
+    if models is not None:
+        target, draft = models
+    else:
+        target = load_model(plan.target.ref, plan.knobs.weight_dtype, torch_device)
+        draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device, seed=1) if plan.draft else None
     prompts = [p["turns"][0] for p in calibration_prompts(num_prompts)]
 
     def run(p: Plan, with_draft: bool) -> dict:
