@@ -51,6 +51,7 @@ class Stats:
     steps: int = 0  # speculative steps (one verify forward each)
     accepted_histogram: list[int] = field(default_factory=list)  # [i]: row-steps that accepted i drafts
     new_tokens: int = 0  # all rows, the prefill's first token included
+    rows: int = 0  # sequences (each got its first token from the prefill)
     prefill_tokens: int = 0
     prefill_s: float = 0.0
     draft_s: float = 0.0
@@ -63,7 +64,7 @@ class Stats:
             self.accepted_histogram = [0] * (self.draft_length + 1)
 
     def merge(self, other: "Stats") -> None:
-        for name in ("steps", "new_tokens", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
+        for name in ("steps", "new_tokens", "rows", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.accepted_histogram = [a + b for a, b in zip(self.accepted_histogram, other.accepted_histogram)]
 
@@ -81,7 +82,7 @@ class Stats:
             "new_tokens": self.new_tokens,
             "prefill_tokens": self.prefill_tokens,
             "tokens_per_s": self.new_tokens / self.total_s if self.total_s else None,
-            "decode_tokens_per_s": (self.new_tokens - 0) / decode_s if decode_s > 0 else None,
+            "decode_tokens_per_s": (self.new_tokens - self.rows) / decode_s if decode_s > 0 else None,
             "seconds": {
                 "total": self.total_s, "prefill": self.prefill_s, "draft": self.draft_s,
                 "verify": self.verify_s, "accept": self.accept_s,
@@ -355,6 +356,8 @@ class Engine:
     def generate(self, prompts, max_new_tokens: int | None = None, ignore_eos: bool = False,
                  chat_template: bool | None = None) -> Result:
         """Generate for a batch of prompts (strings, or lists of token ids), each row on its own."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
         ids = [self.encode(p, chat_template) if isinstance(p, str) else list(p) for p in prompts]
         max_new = max_new_tokens or self.plan.generation.max_new_tokens
         self.check_request(ids, max_new)
@@ -412,6 +415,7 @@ class Engine:
             self._sync()
         stats.total_s = time.perf_counter() - t0
         stats.new_tokens = sum(len(r.new) for r in rows)
+        stats.rows = B
         outputs = [Output(r.new, self.decode(r.new), r.stop_reason) for r in rows]
         return Result(outputs, stats, [(r.target_valid, r.draft_valid) for r in rows])
 
