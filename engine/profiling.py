@@ -114,8 +114,11 @@ def measure_acceptance(target: LoadedModel, draft: LoadedModel, target_ref: str,
     return histogram, {"prompts": num_prompts, "new_tokens": tokens, "k_max": k_max, "max_new_tokens": max_new_tokens}
 
 
-def default_grid(device: torch.device, max_context: int) -> dict:
-    """A grid that spans what tune searches: batch 1..8, 1..k_max+1 tokens, short to long context."""
+def default_grid(device: torch.device, max_context: int, quick: bool = False) -> dict:
+    """A grid that spans what tune searches: batch 1..8, 1..k_max+1 tokens, short to long context.
+    `quick`: a smaller grid for the demo (4 coefficients need few points; the fit error says how few)."""
+    if quick:
+        return {"batches": [1, 2, 4], "token_counts": [1, 3, 7], "contexts": sorted({32, min(512, max_context)})}
     contexts = sorted({64, min(512, max_context), min(2048, max_context)})
     return {"batches": [1, 2, 4, 8], "token_counts": [1, 2, 4, 6, 9], "contexts": contexts}
 

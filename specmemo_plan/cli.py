@@ -546,7 +546,8 @@ def render_verify(v) -> str:
 @click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive)
 @click.option("--output", "-o", default="plan.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--device", default=None)
-@click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=12, show_default=True)
+@click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=8, show_default=True,
+              help="Calibration prompts for the acceptance measurement.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def demo(target, draft, budget, context, output, device, num_prompts, as_json):
@@ -557,12 +558,15 @@ def demo(target, draft, budget, context, output, device, num_prompts, as_json):
     from .tuning import write_verified
 
     budget_bytes = parse_bytes(budget, "budget")
-    log(f"1/3 profiling {target} + {draft} on this device")
-    measured = _profile(target, draft, "fp32", device, None, num_prompts, 6, 5, context)
+    from .tuning import profile_pair
+
+    log(f"1/3 profiling {target} + {draft} on this device (a quick grid; `profile` measures a fuller one)")
+    measured = profile_pair(target, draft, dtype="fp32", device=device, num_prompts=num_prompts, k_max=6,
+                            max_context=context, repeats=3, quick=True, acceptance_new_tokens=32)
     log("2/3 tuning")
-    p, info = tune_plan(measured, budget_bytes, context, max_new_tokens=128, k_max=6, max_batch=8)
+    p, info = tune_plan(measured, budget_bytes, context, max_new_tokens=128, k_max=6, max_batch=4)
     log("3/3 generating with the engine (the plan, then plain decoding)")
-    verified = verify_plan(p, measured, num_prompts=8, max_new_tokens=64, device=device)
+    verified = verify_plan(p, measured, num_prompts=4, max_new_tokens=32, device=device)
     p = write_verified(p, verified, output)
     emit({"plan": str(output), **p.to_dict()}, as_json, lambda: "\n".join([fit_rows(measured), render_tune(p, info, verified)]))
 

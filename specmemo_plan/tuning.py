@@ -45,7 +45,8 @@ def local_device(device: str | None = None) -> tuple[DeviceSpec, str, object]:
 
 def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", device: str | None = None,
                  acceptance: float | None = None, num_prompts: int = 16, k_max: int = 8,
-                 max_context: int = 2048, repeats: int = 5, grid: dict | None = None) -> MeasuredProfile:
+                 max_context: int = 2048, repeats: int = 5, grid: dict | None = None, quick: bool = False,
+                 acceptance_new_tokens: int = 48) -> MeasuredProfile:
     """Measure latencies of both models over a grid, fit them, and measure (or take) the acceptance."""
     from engine.loading import load_model
     from engine.profiling import default_grid, measure_acceptance, measure_latencies
@@ -55,7 +56,7 @@ def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", de
     draft = load_model(draft_ref, dtype, torch_device, seed=1) if draft_ref else None
     if draft is not None:
         check_pair(target.shape, draft.shape)
-    grid = grid or default_grid(torch_device, max_context)
+    grid = grid or default_grid(torch_device, max_context, quick)
     t0 = time.perf_counter()
     samples = measure_latencies(target, "target", dtype, grid["batches"], grid["token_counts"], grid["contexts"], repeats)
     if draft is not None:
@@ -69,7 +70,8 @@ def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", de
     if draft is not None:
         if acceptance is None:
             t1 = time.perf_counter()
-            histogram, info = measure_acceptance(target, draft, target_ref, draft_ref, dtype, k_max, num_prompts)
+            histogram, info = measure_acceptance(target, draft, target_ref, draft_ref, dtype, k_max, num_prompts,
+                                                 max_new_tokens=acceptance_new_tokens)
             notes.update(acceptance_seconds=time.perf_counter() - t1, acceptance_run=info)
             source = "measured"
             log(f"acceptance: {acceptance_from_histogram(histogram):.3f} per token over {info['new_tokens']} tokens")
