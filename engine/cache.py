@@ -32,15 +32,17 @@ class StaticKVCache:
 
     is_compileable = False
 
-    def __init__(self, shape: ModelShape, batch_size: int, slots: int, dtype: str, device):
+    def __init__(self, shape: ModelShape, batch_size: int, slots: int, dtype: str, device, layer_devices=None):
         self.shape = shape
         self.batch_size = batch_size
         self.slots = slots
         self.dtype = TORCH_DTYPES[dtype]
         size = (batch_size, shape.num_kv_heads, slots, shape.head_dim)
+        # one device for all layers, or each layer's own in a multi-device plan (engine/placement.py)
+        devices = layer_devices or [device] * shape.num_layers
         # zeros, not empty: the pages are touched now, so measured process memory sees them at once
-        self.keys = [torch.zeros(size, dtype=self.dtype, device=device) for _ in range(shape.num_layers)]
-        self.values = [torch.zeros(size, dtype=self.dtype, device=device) for _ in range(shape.num_layers)]
+        self.keys = [torch.zeros(size, dtype=self.dtype, device=d) for d in devices]
+        self.values = [torch.zeros(size, dtype=self.dtype, device=d) for d in devices]
         self._start: int | None = None  # all rows write from the same position: a slice copy
         self._rows: torch.Tensor | None = None  # [B, 1] row index, for per-row positions
         self._positions: torch.Tensor | None = None  # [B, n] absolute positions of the new tokens
@@ -79,8 +81,9 @@ class StaticKVCache:
             keys[:, :, self._start : self._start + n].copy_(key_states)
             values[:, :, self._start : self._start + n].copy_(value_states)
         else:  # per-row positions: [B, n, heads, dim] scattered by (row, position)
-            keys[self._rows, :, self._positions] = key_states.transpose(1, 2).to(keys.dtype)
-            values[self._rows, :, self._positions] = value_states.transpose(1, 2).to(values.dtype)
+            rows, positions = self._rows.to(keys.device), self._positions.to(keys.device)  # no-op on one device
+            keys[rows, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
+            values[rows, :, positions] = value_states.transpose(1, 2).to(values.dtype)
         k, v = keys[:, :, : self._read], values[:, :, : self._read]
         if k.dtype != key_states.dtype:  # a KV dtype other than the compute dtype: cast on read
             k, v = k.to(key_states.dtype), v.to(value_states.dtype)
@@ -114,15 +117,17 @@ class StepBuffers:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def allocate_caches(target: ModelShape, draft: ModelShape | None, knobs: Knobs, device):
-    """(target cache, draft cache or None, step buffers), exactly as specmemo_plan.memory sizes them."""
+def allocate_caches(target: ModelShape, draft: ModelShape | None, knobs: Knobs, device,
+                    target_layer_devices=None, draft_layer_devices=None):
+    """(target cache, draft cache or None, step buffers), exactly as specmemo_plan.memory sizes them.
+    `*_layer_devices`: each layer's device in a multi-device plan (else all on `device`)."""
     k = knobs.draft_length
     t_cache = StaticKVCache(
-        target, knobs.batch_size, kv_slots(target, knobs.max_context, k), knobs.cache_dtype, device
+        target, knobs.batch_size, kv_slots(target, knobs.max_context, k), knobs.cache_dtype, device, target_layer_devices
     )
     d_cache = None
     if draft is not None and k > 0:
         d_cache = StaticKVCache(
-            draft, knobs.batch_size, kv_slots(draft, knobs.max_context, k), knobs.cache_dtype, device
+            draft, knobs.batch_size, kv_slots(draft, knobs.max_context, k), knobs.cache_dtype, device, draft_layer_devices
         )
     return t_cache, d_cache, StepBuffers(target, draft, knobs, device)

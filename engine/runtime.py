@@ -27,6 +27,7 @@ from . import memory_probe
 from .cache import allocate_caches
 from .forward import Decoder
 from .loading import LoadedModel, load_model, load_tokenizer
+from .placement import check_devices, layer_devices, load_split
 from .speculative import Sampler, speculative_step
 
 STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
@@ -161,9 +162,7 @@ def check_supported(plan: Plan) -> None:
     if knobs.cache_dtype not in ENGINE_KV_DTYPES:
         raise _refuse("knobs.kv_dtype", f"the engine keeps KV in fp32, fp16 or bf16, not {knobs.cache_dtype}",
                       "plan with the default KV dtype")
-    if plan.device.count != 1:
-        raise _refuse("device.count", f"the plan spans {plan.device.count} devices; this engine runs on one",
-                      "plan for one device")
+    check_devices(plan)  # a multi-device plan needs that many CUDA/ROCm devices (engine/placement.py)
 
 
 def _check_fingerprint(role: str, ref: str, expected: str, shape: ModelShape) -> None:
@@ -255,10 +254,13 @@ class Engine:
         self.probe = memory_probe.make_probe(self.device)
 
         seed = plan.generation.seed
-        self.target_model = target or load_model(plan.target.ref, knobs.weight_dtype, self.device, seed)
+        split = plan.device.count > 1
+        self.target_model = target or (load_split(plan, "target", seed) if split else
+                                       load_model(plan.target.ref, knobs.weight_dtype, self.device, seed))
         self.draft_model = None
         if plan.draft is not None:
-            self.draft_model = draft or load_model(plan.draft.ref, knobs.draft_dtype, self.device, seed + 1)
+            self.draft_model = draft or (load_split(plan, "draft", seed + 1) if split else
+                                         load_model(plan.draft.ref, knobs.draft_dtype, self.device, seed + 1))
         if self.device.type == "cpu":  # weights loaded from safetensors are mmapped: page them in now,
             for loaded in (self.target_model, self.draft_model):  # so generation's measured peak is not weights
                 if loaded is not None:
@@ -267,7 +269,13 @@ class Engine:
         if self.draft_model is not None:
             self.random_weights["draft"] = self.draft_model.random_weights
 
-        self.target_cache, self.draft_cache, self.buffers = allocate_caches(t_shape, d_shape, knobs, self.device)
+        if split:  # step buffers beside the output layer; each layer's KV beside its weights
+            self.device = self.target_model.model.get_output_embeddings().weight.device
+        self.target_cache, self.draft_cache, self.buffers = allocate_caches(
+            t_shape, d_shape, knobs, self.device,
+            layer_devices(self.target_model.model, t_shape.num_layers) if split else None,
+            layer_devices(self.draft_model.model, d_shape.num_layers) if split and self.draft_model else None,
+        )
         self.target = Decoder(self.target_model.model, self.target_cache)
         self.draft = Decoder(self.draft_model.model, self.draft_cache) if self.draft_model is not None else None
         self.k = knobs.draft_length if self.draft is not None else 0
@@ -306,7 +314,8 @@ class Engine:
             return None
         total = torch.cuda.get_device_properties(self.device).total_memory
         fraction = min(1.0, self.plan.budget_bytes / total)
-        torch.cuda.set_per_process_memory_fraction(fraction, self.device)
+        for index in range(self.plan.device.count):  # the budget is per device
+            torch.cuda.set_per_process_memory_fraction(fraction, torch.device("cuda", index))
         predicted = self.plan.prediction.memory["total_bytes"]
         return {"budget_bytes": self.plan.budget_bytes, "fraction": fraction, "device_total_bytes": total,
                 "predicted_total_bytes": predicted, "headroom_bytes": self.plan.budget_bytes - predicted}
