@@ -15,10 +15,11 @@ two speculative implementations on equal work. Prompts: the first turn of the he
 prompts (specmemo_plan/data), one per category, in the chat template.
 
 Measured per method:
-- tokens/s: new tokens of all prompts / wall time of all generate calls (prefill included);
+- tokens/s: new tokens of all prompts / wall time of their generate calls (prefill included); the
+  methods run interleaved prompt by prompt (order rotated), best of --repeats passes;
 - peak generation memory = peak memory during generation minus the weights (PAPER.md). On CPU it is
-  the process's peak RSS during the generate calls (VmHWM, reset through /proc/self/clear_refs after
-  malloc_trim) minus the RSS before them; for the engine, whose KV caches and step buffers are
+  the process's peak RSS during a generate call (VmHWM, reset through /proc/self/clear_refs after
+  malloc_trim) minus the RSS before it, the largest over the prompts; for the engine, whose KV caches and step buffers are
   allocated once beforehand, their exact bytes are added. On CUDA: torch's peak allocated bytes
   minus the bytes allocated before the calls (plus the engine's static caches).
 - acceptance rate: the engine's (greedy, same pair and k: transformers' assisted generation accepts
@@ -169,38 +170,47 @@ def run(args) -> dict:
                                         do_sample=False, max_new_tokens=max_new, pad_token_id=pad)
         return out[0, len(ids):].tolist()
 
+    from engine.runtime import Stats
+
+    pair_stats, collect = Stats(k), [False]
+
     def ours(ids):
-        return engine.generate([ids], max_new_tokens=max_new).outputs[0].token_ids
+        result = engine.generate([ids], max_new_tokens=max_new)
+        if collect[0]:
+            pair_stats.merge(result.stats)
+        return result.outputs[0].token_ids
 
     methods = {"engine (speculative)": ours, "transformers generate (plain)": hf_plain,
                "transformers generate (assisted)": hf_assisted}
     log("warming up")
     for fn in methods.values():
         fn(prompts[0][:16])
+    names = list(methods)
     results, outputs = {}, {}
-    acceptance = []
     for rep in range(args.repeats):
-        for name, fn in methods.items():  # interleaved: background load hits every method alike
-            log(f"repeat {rep + 1}/{args.repeats}: {name}")
-            with Measure(device) as m:
-                outs = [fn(p) for p in prompts]
-            tokens = sum(len(o) for o in outs)
-            outputs[name] = outs
-            peak = m.peak + (engine_static if name.startswith("engine") else 0)
+        seconds = dict.fromkeys(names, 0.0)
+        peaks = dict.fromkeys(names, 0)
+        outs = {name: [] for name in names}
+        log(f"repeat {rep + 1}/{args.repeats}")
+        collect[0] = rep == 0
+        for i, prompt in enumerate(prompts):
+            # interleaved per prompt, order rotated: background load hits every method alike
+            for name in names[i % 3:] + names[: i % 3]:
+                with Measure(device) as m:
+                    outs[name].append(methods[name](prompt))
+                seconds[name] += m.seconds
+                peaks[name] = max(peaks[name], m.peak + (engine_static if name.startswith("engine") else 0))
+        for name in names:
+            tokens = sum(len(o) for o in outs[name])
             best = results.get(name)
-            tps = tokens / m.seconds
             results[name] = {
-                "tokens": tokens, "seconds": min(m.seconds, best["seconds"]) if best else m.seconds,
-                "tokens_per_s": max(tps, best["tokens_per_s"]) if best else tps,
-                "peak_generation_bytes": max(peak, best["peak_generation_bytes"]) if best else peak,
+                "tokens": tokens,
+                "seconds": min(seconds[name], best["seconds"]) if best else seconds[name],
+                "tokens_per_s": max(tokens / seconds[name], best["tokens_per_s"]) if best else tokens / seconds[name],
+                "peak_generation_bytes": max(peaks[name], best["peak_generation_bytes"]) if best else peaks[name],
             }
-    # acceptance of the pair, from the engine's own statistics (one more pass, not timed)
-    from engine.runtime import Stats
-
-    stats = Stats(k)
-    for p in prompts:
-        stats.merge(engine.generate([p], max_new_tokens=max_new).stats)
-    acceptance = stats.as_dict()
+            outputs[name] = outs[name]
+    acceptance = pair_stats.as_dict()  # the engine's own statistics, first pass
     ref = outputs["transformers generate (plain)"]
     identical = {name: outs == ref for name, outs in outputs.items()}
     return {
