@@ -405,8 +405,10 @@ class Engine:
                 lens = [len(r.tokens) for r in rows]
                 lengths[:B].copy_(torch.tensor(lens))
                 if self.k:
-                    last2 = torch.tensor([r.tokens[-2:] for r in rows], device=self.device)
-                    out = speculative_step(self.target, self.draft, self.buffers, last2, lens, self.sampler, self._sync)
+                    # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
+                    c = max(n - r.draft_valid for r, n in zip(rows, lens))
+                    last = torch.tensor([r.tokens[-c:] for r in rows], device=self.device)
+                    out = speculative_step(self.target, self.draft, self.buffers, last, lens, self.sampler, self._sync)
                     stats.draft_s += out.draft_s
                     stats.verify_s += out.verify_s
                     stats.accept_s += out.accept_s
@@ -419,7 +421,7 @@ class Engine:
                         continue
                     stats.accepted_histogram[n] += 1
                     row.target_valid = length + n  # positions 0 .. L-1+n hold committed tokens
-                    row.draft_valid = length + n - 1 if self.k else 0
+                    row.draft_valid = length + min(n, self.k - 1) if self.k else 0  # d_k is never fed
                     row.commit(new[: n + 1], self.eos_ids, ignore_eos)
             self._sync()
         stats.total_s = time.perf_counter() - t0
@@ -450,13 +452,13 @@ class Engine:
         for row, start in zip(rows, t_starts):
             row.target_valid = len(row.tokens)
         if self.draft is not None:
-            # the last prompt token goes through the draft in the first step's catch-up forward
-            d_seqs = [seq[:-1] for seq in seqs]
+            # the draft prefills the whole prompt, so the first step's catch-up is the first new token only
+            d_seqs = seqs
             d_starts = [min(s, len(seq)) for s, seq in zip(d_starts, d_seqs)]
             if any(s < len(seq) for s, seq in zip(d_starts, d_seqs)):
                 self._prefill_model(self.draft, d_seqs, d_starts, None)
             for row in rows:
-                row.draft_valid = len(row.tokens) - 1
+                row.draft_valid = len(row.tokens)
         return self.sampler.pick(scratch).tolist()
 
     def _prefill_model(self, dec: Decoder, seqs: list[list[int]], starts: list[int], logits_out) -> None:

@@ -2,11 +2,12 @@
 
 State between steps (per row b of the batch):
 - `lengths[b]` = L committed tokens; the last committed token x[L-1] is in neither KV cache yet.
-- the target cache holds positions 0 .. L-2; the draft cache at least 0 .. L-3.
+- the target cache holds positions 0 .. L-2; the draft cache 0 .. L-2, or only 0 .. L-3 when the
+  previous step accepted all k drafts (d_k was never fed to the draft).
 
-So each step starts the draft with a two-token catch-up forward over x[L-2], x[L-1] (rewriting
-x[L-2] is harmless: same token, same position), which covers both outcomes of the previous step
-(all k drafts accepted, or not) without an extra forward. The target verifies [x[L-1], d_1 .. d_k]
+So each step starts the draft with a catch-up forward over the last c committed tokens, c = 1 or 2
+(2 when some row accepted everything; rewriting x[L-2] in the other rows is harmless: same token,
+same position). No extra forward either way. The target verifies [x[L-1], d_1 .. d_k]
 at positions L-1 .. L-1+k; its logits at position L-1+i score d_{i+1}, and the logits at L-1+k give
 the bonus token when every draft is accepted.
 
@@ -82,18 +83,20 @@ class StepOutput:
 
 
 def speculative_step(
-    target: Decoder, draft: Decoder, buf: StepBuffers, last2: torch.Tensor, lengths: list[int],
+    target: Decoder, draft: Decoder, buf: StepBuffers, last: torch.Tensor, lengths: list[int],
     sampler: Sampler, sync=lambda: None,
 ) -> StepOutput:
-    """Advance every row by its accepted drafts plus one token. `last2` [B, 2] holds each row's last
-    two committed tokens, `lengths` the committed counts on the host (buf.lengths holds them on the device)."""
-    B, k = last2.shape[0], buf.draft_tokens.shape[1]
+    """Advance every row by its accepted drafts plus one token. `last` [B, c] holds each row's last
+    c committed tokens (c = 1 or 2, the draft's catch-up), `lengths` the committed counts on the host
+    (buf.lengths holds them on the device)."""
+    (B, c), k = last.shape, buf.draft_tokens.shape[1]
     L = buf.lengths[:B]
     drafts, q, logits = buf.draft_tokens[:B], buf.draft_logits[:B], buf.target_logits[:B]
     t0 = time.perf_counter()
 
-    # 1. draft: catch up on x[L-2], x[L-1], then propose d_1 .. d_k, one token per forward
-    hidden = draft.forward(last2, [n - 2 for n in lengths], buf.verify_mask, L - 2)[:, -1]
+    # 1. draft: catch up on the last c committed tokens, then propose d_1 .. d_k, one token per forward
+    mask = buf.verify_mask if c > 1 else buf.draft_mask  # [B, 1, k+1 >= 2, S]: room for two queries
+    hidden = draft.forward(last, [n - c for n in lengths], mask, L - c)[:, -1]
     for i in range(k):
         if i:
             hidden = draft.forward(drafts[:, i - 1 : i], [n + i - 1 for n in lengths], buf.draft_mask, L + i - 1)[:, -1]
@@ -103,7 +106,7 @@ def speculative_step(
     t1 = time.perf_counter()
 
     # 2. verify: one target forward over x[L-1], d_1 .. d_k, logits at all k+1 positions
-    hidden = target.forward(torch.cat([last2[:, 1:], drafts], 1), [n - 1 for n in lengths], buf.verify_mask, L - 1)
+    hidden = target.forward(torch.cat([last[:, -1:], drafts], 1), [n - 1 for n in lengths], buf.verify_mask, L - 1)
     target.logits(hidden, out=logits)
     sync()
     t2 = time.perf_counter()
