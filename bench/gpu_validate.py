@@ -33,7 +33,7 @@ from engine.loading import load_model  # noqa: E402
 from engine.profiling import time_forward  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
-from specmemo_plan.models import load_preset_config, load_shape  # noqa: E402
+from specmemo_plan.models import load_preset_config  # noqa: E402
 from specmemo_plan.plan import DeviceSpec, Generation, make_plan  # noqa: E402
 from specmemo_plan.report import table  # noqa: E402
 from specmemo_plan.throughput import predict_speed, roofline_from_profile  # noqa: E402

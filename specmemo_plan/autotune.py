@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -123,23 +122,6 @@ class MeasuredProfile:
             draft_fingerprint=self.draft["fingerprint"] if self.draft else None,
             name=self.device.get("name", "device"),
         )
-
-
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SpecMemoError(f"folder {folder} does not exist", "create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_measured_profile(path: str | os.PathLike) -> MeasuredProfile:

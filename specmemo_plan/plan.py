@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecMemoError
+from .files import write_json_atomic
 from .memory import COMPONENTS, Knobs, MemoryBreakdown, breakdown
 from .models import ModelShape
 
@@ -98,25 +98,8 @@ def recompute_breakdown(plan: Plan, target: ModelShape, draft: ModelShape | None
 
 
 def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write atomically: a temp file beside the target, fsync, rename. Never a half-written plan."""
-    path = Path(path)
-    if path.is_dir():
-        raise SpecMemoError(f"{path} is a folder", "give a file name such as plan.json")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SpecMemoError(f"folder {folder} does not exist", "create it first")
-    text = json.dumps(plan.to_dict(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (files.write_json_atomic): never a half-written plan."""
+    return write_json_atomic(plan.to_dict(), path)
 
 
 def read_plan(path: str | os.PathLike) -> Plan:

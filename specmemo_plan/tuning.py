@@ -11,9 +11,8 @@ import sys
 import time
 from dataclasses import asdict, replace
 
-from .autotune import (
-    MeasuredProfile, fit_latency, relative_error_pct, samples_to_dicts, search, write_json_atomic,
-)
+from .autotune import MeasuredProfile, fit_latency, relative_error_pct, samples_to_dicts, search
+from .files import write_json_atomic
 from .budget import min_budget
 from .errors import SpecMemoError
 from .memory import Knobs, breakdown
