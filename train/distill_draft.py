@@ -439,11 +439,11 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--kv-heads", type=int, default=3)
     ap.add_argument("--intermediate", type=int, default=768)
-    ap.add_argument("--emb-scale", type=float, default=0.0, help="rms of the initial embedding (0: the target's)")
+    ap.add_argument("--emb-scale", type=float, default=0.06, help="rms of the initial embedding (0: the target's)")
     # training
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--emb-lr", type=float, default=1e-3)
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--vocab-keep", type=int, default=12288)
     ap.add_argument("--negatives", type=int, default=1024)
     ap.add_argument("--hard-weight", type=float, default=0.5)
