@@ -99,8 +99,11 @@ def measure_acceptance(target: LoadedModel, draft: LoadedModel, target_ref: str,
 
     device = next(target.model.parameters()).device
     knobs = Knobs(batch_size=1, max_context=context, draft_length=k_max, weight_dtype=dtype)
-    spec = DeviceSpec(kind=device.type, name=str(device), total_memory_bytes=2**62)
-    plan = make_plan(target_ref, target.shape, draft_ref, draft.shape, knobs, spec, 2**62,
+    gpu = device.type == "cuda"  # the engine checks the plan's device name and kind (rocm under HIP)
+    spec = DeviceSpec(kind=("rocm" if torch.version.hip else "cuda") if gpu else "cpu",
+                      name=torch.cuda.get_device_name(device) if gpu else str(device),
+                      total_memory_bytes=torch.cuda.get_device_properties(device).total_memory if gpu else 2**62)
+    plan = make_plan(target_ref, target.shape, draft_ref, draft.shape, knobs, spec, spec.total_memory_bytes,
                      generation=Generation(max_new_tokens=max_new_tokens))
     engine = Engine(plan, device=str(device), target=target, draft=draft)
     histogram = [0] * (k_max + 1)
