@@ -114,6 +114,28 @@ class MeasuredProfile:
     notes: dict = field(default_factory=dict)
     version: int = MEASURED_PROFILE_VERSION
 
+    @property
+    def runtime_overhead_bytes(self) -> int:
+        """The matched hardware profile's runtime overhead (CUDA/HIP context...); 0 on CPU or unmatched."""
+        key = self.device.get("profile")
+        if not key:
+            return 0
+        from .hardware import load_profile
+
+        return load_profile(key).runtime_overhead_bytes
+
+    def check_pair(self, target: ModelShape, draft: ModelShape | None) -> None:
+        """Refuse models other than the measured ones: the fitted curves belong to that pair."""
+        for role, shape, ref in (("target", target, self.target), ("draft", draft, self.draft)):
+            if shape is None:
+                continue
+            if ref is None:
+                raise SpecMemoError(f"the measured profile has no draft; {shape.name} was not measured",
+                                    "run `specmemo-plan profile` with this --draft")
+            if shape.fingerprint != ref["fingerprint"]:
+                raise SpecMemoError(f"the measured profile's {role} is {ref['ref']}, not {shape.name}",
+                                    "run `specmemo-plan profile` for this pair")
+
     def latency(self) -> FittedLatency:
         return FittedLatency(
             target=LatencyFit(**{**self.target_fit, "coefficients": tuple(self.target_fit["coefficients"])}),

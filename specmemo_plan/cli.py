@@ -361,29 +361,49 @@ def devices(show_profiles, as_json):
 
 
 @cli.command()
-@click.option("--target", "-t", required=True, help="Target model.")
-@click.option("--draft", "-d", required=True, help="Draft model.")
+@click.option("--target", "-t", default=None, help="Target model (default: the measured profile's).")
+@click.option("--draft", "-d", default=None, help="Draft model (default: the measured profile's).")
 @click.option("--profiles", "profile_names", default=None, help="Comma-separated profile keys.")
 @click.option("--all", "all_profiles", is_flag=True, help="Every bundled profile.")
+@click.option("--measured", "measured_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="A measured profile from `specmemo-plan profile` (repeatable): that device's fitted curves and measured acceptance.")
 @click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive)
 @click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive, help="Largest batch to consider.")
-@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True)
+@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default=None,
+              help="Weights dtype  [default: the measured profile's, else fp16]")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None)
-@click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=DEFAULT_ACCEPTANCE, show_default=True)
+@click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=DEFAULT_ACCEPTANCE, show_default=True,
+              help="Per-token acceptance for the profiles' rooflines (a --measured device uses its own histogram).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
-def compare(target, draft, profile_names, all_profiles, context, batch, dtype, kv_dtype, acceptance, plot_path, as_json):
-    """Which devices run the pair with SD, and how fast (roofline of each hardware profile)."""
-    from .compare import compare_devices
+def compare(target, draft, profile_names, all_profiles, measured_paths, context, batch, dtype, kv_dtype, acceptance,
+            plot_path, as_json):
+    """Which devices run the pair with SD, and how fast: the roofline of each hardware profile, and
+    the fitted curves and measured acceptance of each --measured device."""
+    from pathlib import Path
+
+    from .autotune import read_measured_profile
+    from .compare import compare_devices, compare_measured
     from .hardware import list_profiles, load_profile
 
-    if bool(profile_names) == all_profiles:
-        raise click.UsageError("give --profiles a,b,c or --all")
-    keys = list_profiles() if all_profiles else [k.strip() for k in profile_names.split(",") if k.strip()]
+    if profile_names and all_profiles:
+        raise click.UsageError("give --profiles a,b,c or --all, not both")
+    if not (profile_names or all_profiles or measured_paths):
+        raise click.UsageError("give --profiles a,b,c, --all, or --measured FILE")
+    measured = [read_measured_profile(path) for path in measured_paths]
+    if measured:  # the pair and dtype default to the (first) measured one's
+        target = target or measured[0].target["ref"]
+        draft = draft or (measured[0].draft or {}).get("ref")
+        dtype = dtype or measured[0].target["dtype"]
+    if not target or not draft:
+        raise click.UsageError("give --target and --draft (or --measured FILE, whose pair is used)")
+    dtype = dtype or "fp16"
+    keys = list_profiles() if all_profiles else [k.strip() for k in (profile_names or "").split(",") if k.strip()]
     profiles = [load_profile(k) for k in keys]
     t, d, knobs = gather_models(target, draft, 1, batch, context, dtype, None, kv_dtype, None)
-    verdicts = compare_devices(profiles, t, d, knobs, acceptance)
+    verdicts = [compare_measured(m, f"measured:{Path(path).stem}", t, d, knobs) for m, path in zip(measured, measured_paths)]
+    verdicts += compare_devices(profiles, t, d, knobs, acceptance)
     if plot_path:
         from .plot import plot_comparison
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .autotune import search
+from .autotune import MeasuredProfile, search
 from .budget import min_budget
 from .errors import SpecMemoError
 from .hardware import HardwareProfile
@@ -47,36 +47,59 @@ def compare_device(
     acceptance: float,
     k_max: int = 8,
 ) -> DeviceVerdict:
-    """One device's verdict. Batch is searched up to the requested batch (a serving cap)."""
-    overhead = profile.runtime_overhead_bytes
-    memory = profile.memory_bytes
+    """One device's verdict on its profile's roofline. Batch is searched up to the requested batch (a serving cap)."""
     try:
         latency = roofline_from_profile(profile, knobs.weight_dtype)
     except SpecMemoError as exc:  # e.g. bf16 on a Turing card
-        return DeviceVerdict(profile.key, profile.name, memory, False, False, None, None, None, None, None, None,
-                             None, None, note=exc.message)
+        return DeviceVerdict(profile.key, profile.name, profile.memory_bytes, False, False, None, None, None, None,
+                             None, None, None, None, note=exc.message)
+    return _verdict(profile.key, profile.name, profile.memory_bytes, profile.runtime_overhead_bytes, latency,
+                    target, draft, knobs, k_max, {"acceptance": acceptance})
+
+
+def compare_measured(measured: MeasuredProfile, label: str, target: ModelShape, draft: ModelShape, knobs: Knobs,
+                     k_max: int = 8) -> DeviceVerdict:
+    """The verdict for a device measured by `specmemo-plan profile`: its fitted latency curves and
+    its measured acceptance histogram (not an assumed rate), its own memory. Only for the measured
+    pair and dtype: the curves say nothing about other models."""
+    measured.check_pair(target, draft)
+    if measured.target["dtype"] != knobs.weight_dtype:
+        raise SpecMemoError(f"{label} was measured in {measured.target['dtype']}, not {knobs.weight_dtype}",
+                            f"use --dtype {measured.target['dtype']} or profile again in {knobs.weight_dtype}")
+    if measured.acceptance_histogram:
+        speed_kwargs = {"histogram": measured.acceptance_histogram}
+        k_max = min(k_max, len(measured.acceptance_histogram) - 1)
+    else:
+        raise SpecMemoError(f"{label} has no acceptance for a draft", "run `specmemo-plan profile` with --draft")
+    device = measured.device
+    return _verdict(label, device.get("name", "measured device"), device["total_memory_bytes"],
+                    measured.runtime_overhead_bytes, measured.latency(), target, draft, knobs, k_max, speed_kwargs)
+
+
+def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: ModelShape, draft: ModelShape,
+             knobs: Knobs, k_max: int, speed_kwargs: dict) -> DeviceVerdict:
     single = replace(knobs, batch_size=1)
     plain_fits = breakdown(target, None, replace(single, draft_length=0, draft_weight_dtype=None), overhead).total_bytes <= memory
     sd_fits = breakdown(target, draft, replace(single, draft_length=1), overhead).total_bytes <= memory
     note = ""
     try:
         minimum = min_budget(target, draft, replace(single, draft_length=1), latency, k_max=k_max,
-                             device_overhead_bytes=overhead, acceptance=acceptance).total_bytes
+                             device_overhead_bytes=overhead, **speed_kwargs).total_bytes
     except SpecMemoError as exc:
         minimum, note = None, exc.message
     if not plain_fits:
-        return DeviceVerdict(profile.key, profile.name, memory, False, sd_fits, minimum, None, None, None, None, None,
+        return DeviceVerdict(key, name, memory, False, sd_fits, minimum, None, None, None, None, None,
                              None, None, note=note or "the target does not fit at batch 1 with this context")
     try:
-        result = search(target, draft, knobs, memory, latency, acceptance=acceptance, k_max=k_max,
-                        max_batch=knobs.batch_size, chunks=(knobs.chunk,), device_overhead_bytes=overhead)
+        result = search(target, draft, knobs, memory, latency, k_max=k_max, max_batch=knobs.batch_size,
+                        chunks=(knobs.chunk,), device_overhead_bytes=overhead, **speed_kwargs)
     except SpecMemoError as exc:
-        return DeviceVerdict(profile.key, profile.name, memory, plain_fits, sd_fits, minimum, None, None, None, None,
+        return DeviceVerdict(key, name, memory, plain_fits, sd_fits, minimum, None, None, None, None,
                              None, None, None, note=exc.message)
     best = result.fastest
     plain_speed = result.plain.tokens_per_s if result.plain else None
     return DeviceVerdict(
-        profile=profile.key, name=profile.name, memory_bytes=memory, plain_fits=plain_fits, sd_fits=sd_fits,
+        profile=key, name=name, memory_bytes=memory, plain_fits=plain_fits, sd_fits=sd_fits,
         min_budget_bytes=minimum, best_draft_length=best.knobs.draft_length, best_batch=best.knobs.batch_size,
         sd_tokens_per_s=best.tokens_per_s, plain_tokens_per_s=plain_speed,
         speedup=best.tokens_per_s / plain_speed if plain_speed else None,

@@ -107,12 +107,13 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     base = Knobs(batch_size=1, max_context=context, draft_length=1 if draft else 0, weight_dtype=dtype, kv_dtype=kv_dtype)
     latency = measured.latency()
     histogram = measured.acceptance_histogram
+    overhead = measured.runtime_overhead_bytes  # the CUDA/HIP context of a matched GPU profile; 0 on CPU
     t0 = time.perf_counter()
     try:
         result = search(target, draft, base, budget, latency, histogram=histogram, k_max=k_max,
-                        max_batch=max_batch, retain=retain)
+                        max_batch=max_batch, retain=retain, device_overhead_bytes=overhead)
     except SpecMemoError:
-        need = breakdown(target, None, replace(base, draft_length=0), 0).total_bytes
+        need = breakdown(target, None, replace(base, draft_length=0), overhead).total_bytes
         raise SpecMemoError(
             f"the budget {format_bytes(budget)} is below the minimum: plain decoding at batch 1 needs {format_bytes(need)}",
             f"raise --budget to at least {need} bytes, or shorten --context",
@@ -123,7 +124,8 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     minimum = None
     if draft is not None:
         try:
-            mb = min_budget(target, draft, replace(base, draft_length=1), latency, k_max=k_max, histogram=histogram)
+            mb = min_budget(target, draft, replace(base, draft_length=1), latency, k_max=k_max,
+                            device_overhead_bytes=overhead, histogram=histogram)
             minimum = mb.total_bytes
             if budget < minimum:
                 notes.append(f"the budget {format_bytes(budget)} is below SD's minimum of {format_bytes(minimum)} "
@@ -136,6 +138,7 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     plan = make_plan(
         measured.target["ref"], target, measured.draft["ref"] if use_draft else None, draft if use_draft else None,
         chosen.knobs, device, budget, generation=Generation(max_new_tokens=min(max_new_tokens, context - 1)),
+        device_overhead_bytes=overhead,
         throughput=dict(speed.plan_fields(latency.source, measured.acceptance_source),
                         acceptance_rate=acceptance if use_draft else None),
         provenance={

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from specmemo_plan.cli import cli
@@ -58,3 +59,63 @@ def test_devices_cli_finds_the_cpu():
     assert result.exit_code == 0
     devices = json.loads(result.stdout)["devices"]
     assert devices[-1]["backend"] == "cpu" and devices[-1]["total_memory_bytes"] > 0
+
+
+# ----------------------------------------------------------------------------- a measured device
+
+
+def measured_profile(path, draft_ms, histogram, profile="rtx-4090", dtype="fp16"):
+    """A measured profile as `specmemo-plan profile` writes it, with known curves: the target costs
+    20 ms + 0.05 ms per token per forward, the draft `draft_ms` per forward."""
+    from dataclasses import asdict
+
+    from specmemo_plan.autotune import LatencyFit, MeasuredProfile
+    from specmemo_plan.files import write_json_atomic
+
+    target, draft = load_shape("llama-2-7b-chat"), load_shape("llama-68m")
+    fit = lambda c: asdict(LatencyFit(c, 1.0, 2.0, 60))  # noqa: E731
+    device = load_profile(profile)
+    m = MeasuredProfile(
+        device={"kind": device.backend, "name": device.name, "total_memory_bytes": device.memory_bytes, "profile": profile},
+        target={"ref": "llama-2-7b-chat", "dtype": dtype, "fingerprint": target.fingerprint},
+        draft={"ref": "llama-68m", "dtype": dtype, "fingerprint": draft.fingerprint},
+        samples=[], target_fit=fit((20.0, 0.05, 0.0, 0.0)), draft_fit=fit((draft_ms, 0.0, 0.0, 0.0)),
+        acceptance_histogram=histogram, acceptance_source="measured",
+    )
+    write_json_atomic(asdict(m), path)
+    return m
+
+
+def test_compare_uses_the_measured_curves_and_histogram(tmp_path):
+    # every step accepts all 4 drafts: 5 tokens per step for 4 x 1 ms + 20.25 ms -> 5 / 24.25 ms
+    measured_profile(tmp_path / "box.json", 1.0, [0, 0, 0, 0, 1])
+    result = CliRunner().invoke(cli, ["compare", "--measured", str(tmp_path / "box.json"), "--profiles", "titan-rtx",
+                                      "-c", "1024", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["target"], data["draft"]) == ("llama-2-7b-chat", "llama-68m")
+    box, titan = data["devices"]
+    assert box["profile"] == "measured:box" and titan["profile"] == "titan-rtx"
+    assert box["best_draft_length"] == 4 and box["best_batch"] == 1
+    assert box["plain_tokens_per_s"] == pytest.approx(1000 / 20.05)
+    assert box["sd_tokens_per_s"] == pytest.approx(5 * 1000 / (4 * 1.0 + 20.0 + 5 * 0.05))
+    # the matched profile's runtime overhead (CUDA context) is part of every total
+    assert box["best_breakdown"]["components"]["runtime_overhead"] == load_profile("rtx-4090").runtime_overhead_bytes
+
+
+def test_compare_measured_slow_draft_plans_plain(tmp_path):
+    measured_profile(tmp_path / "slow.json", 30.0, [0.5, 0.5])
+    result = CliRunner().invoke(cli, ["compare", "--measured", str(tmp_path / "slow.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    (box,) = json.loads(result.stdout)["devices"]
+    assert box["best_draft_length"] == 0 and box["min_budget_bytes"] is None and "does not pay" in box["note"]
+
+
+def test_compare_measured_refuses_another_pair_or_dtype(tmp_path):
+    measured_profile(tmp_path / "box.json", 1.0, [0.5, 0.5])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compare", "--measured", str(tmp_path / "box.json"), "-t", "llama-2-13b-chat"])
+    assert result.exit_code != 0 and "measured profile's target is llama-2-7b-chat" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["compare", "--measured", str(tmp_path / "box.json"), "--dtype", "fp32"])
+    assert result.exit_code != 0 and "measured in fp16, not fp32" in result.output
