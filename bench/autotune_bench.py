@@ -61,25 +61,25 @@ def main():
     t_shape, d_shape = load_shape(args.target), load_shape(args.draft)
     latency = measured.latency()
 
-    def run(knobs: Knobs) -> dict:
+    def run(knobs: Knobs, worst_case: bool = False) -> dict:
         use_draft = knobs.draft_length > 0
         p = make_plan(args.target, t_shape, args.draft if use_draft else None, d_shape if use_draft else None,
                       knobs, plan.device, budget, generation=Generation(max_new_tokens=args.new_tokens))
         report = verify(p, None, num_prompts=args.prompts, max_new_tokens=args.new_tokens, compare_plain=False,
-                        models=(target, draft if use_draft else None))
+                        models=(target, draft if use_draft else None), worst_case=worst_case)
         stats = report["engine"]["stats"]
         kwargs = {"histogram": measured.acceptance_histogram} if use_draft else {}
         predicted = predict_speed(t_shape, d_shape if use_draft else None, knobs, latency,
                                   context=int(stats["mean_context"]), **kwargs).tokens_per_s
         return {"k": knobs.draft_length, "batch": knobs.batch_size, "measured": stats["decode_tokens_per_s"],
                 "predicted": predicted, "acceptance": stats.get("acceptance_rate"),
-                "memory": report["engine"]["memory"]}
+                "memory": report["engine"]["memory"], "worst_case": report.get("worst_case")}
 
     base = Knobs(batch_size=1, max_context=args.context, weight_dtype="fp32", prefill_chunk=plan.knobs.prefill_chunk)
     t1 = time.perf_counter()
     grid = [run(replace(base, draft_length=k, batch_size=b)) for k in range(0, args.k_max + 1) for b in batches]
     grid_s = time.perf_counter() - t1
-    tuned = run(plan.knobs)
+    tuned = run(plan.knobs, worst_case=True)
     best = max(grid, key=lambda r: r["measured"])
 
     rows = [[r["k"], r["batch"], f"{r['measured']:.1f}", f"{r['predicted']:.1f}",
@@ -97,6 +97,11 @@ def main():
          f"{mem['measured']['error_percent']['candidate_buffers'] if mem['measured']['error_percent']['candidate_buffers'] is not None else 0:+.1f}% buffers"],
         ["tuned: memory error, total", f"{mem['measured']['total_error_percent']:+.1f}% (activations measured as peak RSS growth)"],
     ]
+    w = tuned["worst_case"]
+    if w and w["measured_activation_bytes"] is not None:
+        summary.append(["tuned: activations, context filled",
+                        f"predicted {w['predicted_activation_bytes'] / 2**20:.1f} MiB, measured "
+                        f"{w['measured_activation_bytes'] / 2**20:.1f} MiB ({w['error_percent']:+.1f}%)"])
     print(table(summary, ["", ""]))
     if args.json_path:
         with open(args.json_path, "w") as fh:

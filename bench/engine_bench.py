@@ -3,7 +3,8 @@
     .venv/bin/python bench/engine_bench.py [--target REF] [--draft REF|noisy:SIGMA] [-k 4]
         [--num-prompts 8] [--max-new-tokens 64] [--threads N] [--repeats 2] [--json]
 
-Rows: this engine (speculative decoding inside a plan), transformers `generate` (plain greedy), and
+Rows: this engine (speculative decoding inside a plan), the same engine with k=0 (plain decoding: what
+of the gain is the runtime itself), transformers `generate` (plain greedy), and
 transformers `generate(assistant_model=draft)` with the same k held constant (set on the assistant's
 generation config, where transformers reads it: num_assistant_tokens=k, schedule "constant",
 assistant_confidence_threshold=0, so it always drafts k).
@@ -34,6 +35,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,8 +151,16 @@ def run(args) -> dict:
                      DeviceSpec(kind=kind, name=name, total_memory_bytes=2**40), 2**40,
                      generation=Generation(max_new_tokens=max_new))
     engine = Engine(plan, device=str(device), target=target, draft=draft, tokenizer=tokenizer)
-    static = engine.static_bytes()
-    engine_static = static["target_kv"] + static["draft_kv"] + static["candidate_buffers"]
+    # the same engine without a draft (k=0): what of the gain is the runtime, what is speculation
+    plain_plan = make_plan(args.target, target.shape, None, None, replace(knobs, draft_length=0), plan.device, 2**40,
+                           generation=Generation(max_new_tokens=max_new))
+    engine_plain = Engine(plain_plan, device=str(device), target=target, tokenizer=tokenizer)
+
+    def static_of(e):
+        static = e.static_bytes()
+        return static["target_kv"] + static["draft_kv"] + static["candidate_buffers"]
+
+    engine_static = {"engine (speculative)": static_of(engine), "engine (plain, k=0)": static_of(engine_plain)}
 
     def hf_plain(ids):
         with torch.inference_mode():
@@ -180,8 +190,11 @@ def run(args) -> dict:
             pair_stats.merge(result.stats)
         return result.outputs[0].token_ids
 
-    methods = {"engine (speculative)": ours, "transformers generate (plain)": hf_plain,
-               "transformers generate (assisted)": hf_assisted}
+    def ours_plain(ids):
+        return engine_plain.generate([ids], max_new_tokens=max_new).outputs[0].token_ids
+
+    methods = {"engine (speculative)": ours, "engine (plain, k=0)": ours_plain,
+               "transformers generate (plain)": hf_plain, "transformers generate (assisted)": hf_assisted}
     log("warming up")
     for fn in methods.values():
         fn(prompts[0][:16])
@@ -195,11 +208,11 @@ def run(args) -> dict:
         collect[0] = rep == 0
         for i, prompt in enumerate(prompts):
             # interleaved per prompt, order rotated: background load hits every method alike
-            for name in names[i % 3:] + names[: i % 3]:
+            for name in names[i % len(names):] + names[: i % len(names)]:
                 with Measure(device) as m:
                     outs[name].append(methods[name](prompt))
                 seconds[name] += m.seconds
-                peaks[name] = max(peaks[name], m.peak + (engine_static if name.startswith("engine") else 0))
+                peaks[name] = max(peaks[name], m.peak + engine_static.get(name, 0))
         for name in names:
             tokens = sum(len(o) for o in outs[name])
             best = results.get(name)
@@ -220,7 +233,7 @@ def run(args) -> dict:
         "acceptance_rate": acceptance["acceptance_rate"], "tokens_per_step": acceptance["tokens_per_step"],
         "accepted_histogram": acceptance["accepted_histogram"],
         "predicted_generation_bytes": plan.prediction.memory["generation_bytes"],
-        "engine_static_generation_bytes": engine_static,
+        "engine_static_generation_bytes": engine_static["engine (speculative)"],
         "memory_method": ("torch.cuda peak allocated minus allocated before" if device.type == "cuda" else
                           "peak RSS (VmHWM reset via /proc/self/clear_refs after malloc_trim) minus RSS before") +
                          "; engine: plus its preallocated KV caches and step buffers",
@@ -255,7 +268,8 @@ def render(report: dict) -> str:
         f"acceptance rate {report['acceptance_rate']:.3f}, {report['tokens_per_step']:.2f} tokens per step",
         f"engine vs assisted: {engine['tokens_per_s'] / assisted['tokens_per_s']:.2f}x tokens/s, "
         f"{engine['peak_generation_bytes'] / assisted['peak_generation_bytes']:.2f}x generation memory",
-        f"engine vs plain: {engine['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s",
+        f"engine vs plain: {engine['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s; "
+        f"vs its own plain decoding (k=0): {engine['tokens_per_s'] / methods['engine (plain, k=0)']['tokens_per_s']:.2f}x",
         f"plan's predicted generation memory: {format_bytes(report['predicted_generation_bytes'])} "
         f"(static part {format_bytes(report['engine_static_generation_bytes'])})",
         f"memory: {report['memory_method']}",
@@ -263,7 +277,7 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("--draft", default=None, help=f"a model reference, or noisy:SIGMA (default: {DEFAULT_DRAFT} when present)")
@@ -276,7 +290,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per method, best kept")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         report = run(args)
     except SpecMemoError as exc:

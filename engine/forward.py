@@ -14,6 +14,7 @@ import inspect
 
 import torch
 
+from .attention import packed_attention
 from .cache import StaticKVCache
 
 
@@ -43,10 +44,11 @@ class Decoder:
         read = self.cache.read_length
         view = mask[: input_ids.shape[0], :, :n, :read]
         torch.le(torch.arange(read, device=self.device), positions[:, None, :, None], out=view)
-        out = self.body(
-            input_ids=input_ids, attention_mask=view, position_ids=positions, use_cache=True,
-            **{self._cache_kwarg: self.cache},
-        )
+        with packed_attention(self.model.config):  # no per-head K/V copies for grouped-query attention
+            out = self.body(
+                input_ids=input_ids, attention_mask=view, position_ids=positions, use_cache=True,
+                **{self._cache_kwarg: self.cache},
+            )
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

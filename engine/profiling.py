@@ -70,11 +70,17 @@ def measure_latencies(loaded: LoadedModel, role: str, dtype: str, batches, token
 
 
 def verify_cost_ratios(loaded: LoadedModel, dtype: str, max_tokens: int = 8, context: int = 256,
-                       repeats: int = 7) -> dict[int, float]:
+                       repeats: int = 5, rounds: int = 5) -> dict[int, float]:
     """t(1, n) / t(1, 1) for n = 1 .. max_tokens: what a verify pass of n tokens costs in decode
-    steps. SD pays only where the accepted tokens per step exceed this plus the draft's cost."""
-    one = time_forward(loaded, dtype, 1, 1, context, repeats)
-    return {n: time_forward(loaded, dtype, 1, n, context, repeats) / one for n in range(1, max_tokens + 1)}
+    steps. SD pays only where the accepted tokens per step exceed this plus the draft's cost.
+    Each round times every n back to back and divides by that round's t(1, 1); the median over
+    rounds is kept, so background load that drifts between rounds cancels out."""
+    ratios: dict[int, list[float]] = {n: [] for n in range(1, max_tokens + 1)}
+    for _ in range(rounds):
+        ms = {n: time_forward(loaded, dtype, 1, n, context, repeats) for n in ratios}
+        for n in ratios:
+            ratios[n].append(ms[n] / ms[1])
+    return {n: statistics.median(r) for n, r in ratios.items()}
 
 
 def calibration_prompts(limit: int | None = None) -> list[dict]:

@@ -556,6 +556,12 @@ def render_verify(v) -> str:
         verdict = "pays" if v["measured_speedup"] > 1 else "does NOT pay"
         lines.append(f"speculative decoding {verdict} here: {v['measured_speedup']:.2f}x plain decoding (measured)")
     lines.append(report.table(comp_rows, ["component", "predicted GiB", "measured GiB", "error"]))
+    if v.get("worst_case"):
+        w = v["worst_case"]
+        measured = "-" if w["measured_activation_bytes"] is None else report.gib(w["measured_activation_bytes"])
+        error = "" if w["error_percent"] is None else f" ({w['error_percent']:+.1f}%)"
+        lines.append(f"activations with the context filled ({w['batch']} x {w['prompt_tokens']} prompt tokens): "
+                     f"predicted {report.gib(w['predicted_activation_bytes'])} GiB, measured {measured} GiB{error}")
     return "\n".join(lines)
 
 

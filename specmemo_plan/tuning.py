@@ -155,10 +155,13 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
 
 
 def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int = 8, max_new_tokens: int = 64,
-           device: str | None = None, compare_plain: bool = True, models: tuple | None = None) -> dict:
+           device: str | None = None, compare_plain: bool = True, models: tuple | None = None,
+           worst_case: bool = True) -> dict:
     """Run the engine on the plan over calibration prompts (batches of the plan's batch), and plain
     decoding with the same batch and context; measured speed and memory beside the predictions.
-    `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading."""
+    `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading.
+    `worst_case`: also fill the whole context once (worst_case_activations), since chat prompts
+    never reach the activation peak the plan reserves."""
     from engine.loading import load_model
     from engine.profiling import calibration_prompts
     from engine.runtime import Engine
@@ -217,6 +220,9 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
             at_run = report["predicted_at_run_context"]
             report["plain_throughput_error_percent"] = relative_error_pct(
                 at_run["plain_tokens_per_s"], plain["stats"]["decode_tokens_per_s"])
+    if worst_case:
+        report["worst_case"] = worst_case_activations(
+            plan, target, draft if plan.draft else None, torch_device, prompts)
     measured_memory = sd["memory"]["measured"]
     report["memory_error_percent"] = {
         "static_total": relative_error_pct(
@@ -225,6 +231,27 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
         "total": measured_memory["total_error_percent"],
     }
     return report
+
+
+def worst_case_activations(plan: Plan, target, draft, torch_device: str, texts: list[str]) -> dict:
+    """The transient peak the plan's activation estimate bounds: every row of the plan's batch
+    prefilled to the full context (max_context - 1 prompt tokens, so the last prefill chunk
+    attends over every slot), one new token. Measured as the prefill phase's transient peak
+    (CPU: peak RSS growth; CUDA/ROCm: torch's peak allocated bytes over the static ones)."""
+    from engine.runtime import Engine
+
+    engine = Engine(plan, device=torch_device, target=target, draft=draft)
+    room = plan.knobs.max_context - 1
+    ids = [token for text in texts for token in engine.encode(text, chat_template=False)] or [0]
+    prompt = (ids * (room // len(ids) + 1))[:room]  # real text, repeated to fill the context
+    engine.generate([prompt] * plan.knobs.batch_size, max_new_tokens=1, ignore_eos=True)
+    memory = engine.memory_report()
+    measured = memory["measured"]["components"]["activations"]
+    predicted = memory["predicted"]["components"]["activations"]
+    return {"prompt_tokens": room, "batch": plan.knobs.batch_size, "predicted_activation_bytes": predicted,
+            "measured_activation_bytes": measured,
+            # the memory report's convention: measured relative to predicted
+            "error_percent": 100.0 * (measured - predicted) / predicted if measured is not None and predicted else None}
 
 
 def write_verified(plan: Plan, report: dict, path) -> Plan:
@@ -238,6 +265,7 @@ def write_verified(plan: Plan, report: dict, path) -> Plan:
         "throughput_error_percent": report.get("throughput_error_percent"),
         "memory": report["engine"]["memory"]["measured"]["components"],
         "memory_error_percent": report["memory_error_percent"],
+        "worst_case_activations": report.get("worst_case"),
         "run": {"prompts": report["prompts"], "max_new_tokens": report["max_new_tokens"],
                 "mean_context": stats["mean_context"]},
     }

@@ -32,7 +32,17 @@ def test_profile_tune_verify(tiny_pair, tmp_path):
     assert plan.measured is not None and plan.measured["decode_tokens_per_s"] > 0
     # the static parts the engine allocated are the plan's prediction to the byte
     assert plan.measured["memory_error_percent"]["static_total"] == 0
+    # the activation bound is exercised once with the whole context filled
+    worst = plan.measured["worst_case_activations"]
+    assert worst["prompt_tokens"] == 127 and worst["batch"] == plan.knobs.batch_size
+    assert worst["predicted_activation_bytes"] == plan.prediction.memory["components"]["activations"]
     assert json.loads(result.stdout)["knobs"] == plan.to_dict()["knobs"]
+
+    # compare reuses the same measured profile: this device's row from its curves and histogram
+    result = runner.invoke(cli, ["compare", "--measured", str(measured_path), "-c", "128", "-b", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["devices"]
+    assert row["profile"] == "measured:measured" and row["plain_fits"] and row["plain_tokens_per_s"] > 0
 
 
 def test_tune_budget_below_minimum_says_the_minimum(tiny_pair, tmp_path):
@@ -53,3 +63,11 @@ def test_slow_draft_plans_plain_decoding(tiny_pair, tmp_path):
     plan = read_plan(tmp_path / "p.json")
     assert plan.draft is None and plan.knobs.draft_length == 0
     assert "planning plain decoding" in result.output
+
+
+def test_verify_cost_ratios_on_a_tiny_model(tiny_pair):
+    from engine.loading import load_model
+    from engine.profiling import verify_cost_ratios
+
+    ratios = verify_cost_ratios(load_model(tiny_pair[0], "fp32"), "fp32", max_tokens=4, context=16, repeats=2, rounds=2)
+    assert list(ratios) == [1, 2, 3, 4] and ratios[1] == 1.0 and all(r > 0 for r in ratios.values())
