@@ -243,6 +243,14 @@ def forward_activation_bytes(model: ModelShape, batch_size: int, num_tokens: int
       (the math SDPA kernel materialises them; CPU and short queries use it),
       and the MLP, 3 * B * n * I (gate, up, and their product);
     - the 4D bool attention mask B * n * S.
+    An upper bound for our engine, which packs grouped-query heads instead of expanding K/V
+    (engine/attention.py) and whose CPU SDPA (flash kernel) does not materialise scores. On CPU,
+    SmolLM2 fp32 with the context filled (1024 slots; `worst_case_activations` in tuning.py), the
+    process's peak RSS growth with glibc's mmap threshold fixed at 128 KiB (so freed tensors
+    leave the process) was 46.0 / 13.8 / 37.4 / 123.6 / 25.1 MiB against 52.1 / 16.4 / 56.6 /
+    208.3 / 41.8 MiB predicted (B x chunk = 1x1024, 1x256, 2x512, 4x1024, 4x128). With glibc's
+    default dynamic threshold the heap keeps freed blocks and the same runs peaked 15-60% above
+    the prediction: allocator slack, not tensors (README, "Memory on CPU").
     """
     b = dtype_bytes(dtype)
     B, n, S = batch_size, num_tokens, slots
