@@ -44,8 +44,7 @@ class StaticKVCache:
         self.keys = [torch.zeros(size, dtype=self.dtype, device=d) for d in devices]
         self.values = [torch.zeros(size, dtype=self.dtype, device=d) for d in devices]
         self._start: int | None = None  # all rows write from the same position: a slice copy
-        self._rows: torch.Tensor | None = None  # [B, 1] row index, for per-row positions
-        self._positions: torch.Tensor | None = None  # [B, n] absolute positions of the new tokens
+        self._starts: list[int] = []  # each row's first position (rows at different lengths)
         self._read = slots  # slots attention reads: 0 .. longest live row
         self._batch = batch_size
 
@@ -60,12 +59,10 @@ class StaticKVCache:
         """The next forward writes `num_tokens` tokens per row at `positions` [B, n];
         `starts` are the same first positions on the host (they decide slicing without a sync)."""
         self._batch = len(starts)  # rows in use: the first rows of the preallocated batch
-        if len(set(starts)) == 1:
-            self._start, self._rows, self._positions = starts[0], None, None
-        else:
-            self._start = None
-            self._rows = torch.arange(len(starts), device=positions.device).unsqueeze(1)
-            self._positions = positions
+        # all rows at one position: one slice copy; else a slice copy per row (host-side starts,
+        # no sync; index_put_ over [B, n] positions was the slower path on CPU)
+        self._start = starts[0] if len(set(starts)) == 1 else None
+        self._starts = starts
         self._read = max(starts) + num_tokens
         if self._read > self.slots:
             raise RuntimeError(f"write up to position {self._read} beyond the {self.slots} preallocated slots")
@@ -80,10 +77,10 @@ class StaticKVCache:
         if self._start is not None:
             keys[:, :, self._start : self._start + n].copy_(key_states)
             values[:, :, self._start : self._start + n].copy_(value_states)
-        else:  # per-row positions: [B, n, heads, dim] scattered by (row, position)
-            rows, positions = self._rows.to(keys.device), self._positions.to(keys.device)  # no-op on one device
-            keys[rows, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
-            values[rows, :, positions] = value_states.transpose(1, 2).to(values.dtype)
+        else:
+            for row, start in enumerate(self._starts):
+                keys[row, :, start : start + n].copy_(key_states[row])
+                values[row, :, start : start + n].copy_(value_states[row])
         k, v = keys[:, :, : self._read], values[:, :, : self._read]
         if k.dtype != key_states.dtype:  # a KV dtype other than the compute dtype: cast on read
             k, v = k.to(key_states.dtype), v.to(value_states.dtype)
