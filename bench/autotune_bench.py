@@ -50,8 +50,9 @@ def main():
     from engine.loading import load_model
 
     t0 = time.perf_counter()
+    # the latency grid spans the batches tune may pick (up to the largest measured one), no more
     measured = profile_pair(args.target, args.draft, dtype="fp32", k_max=args.k_max, num_prompts=16,
-                            max_context=args.context)
+                            max_context=args.context, max_batch=max(batches))
     plan, info = tune(measured, budget, args.context, max_new_tokens=args.new_tokens, k_max=args.k_max,
                       max_batch=max(batches))
     tune_s = time.perf_counter() - t0

@@ -123,13 +123,15 @@ def measure_acceptance(target: LoadedModel, draft: LoadedModel, target_ref: str,
     return histogram, {"prompts": num_prompts, "new_tokens": tokens, "k_max": k_max, "max_new_tokens": max_new_tokens}
 
 
-def default_grid(device: torch.device, max_context: int, quick: bool = False) -> dict:
-    """A grid that spans what tune searches: batch 1..8, 1..k_max+1 tokens, short to long context.
-    `quick`: a smaller grid for the demo (4 coefficients need few points; the fit error says how few)."""
+def default_grid(device: torch.device, max_context: int, quick: bool = False, max_batch: int = 8) -> dict:
+    """A grid that spans what tune searches: batch 1..max_batch (powers of two, and max_batch),
+    1..k_max+1 tokens, short to long context. `quick`: a smaller grid for the demo (4 coefficients
+    need few points; the fit error says how few)."""
+    batches = sorted({b for b in (1, 2, 4, 8) if b <= max_batch} | {max_batch})
     if quick:
-        return {"batches": [1, 2, 4], "token_counts": [1, 3, 7], "contexts": sorted({32, min(512, max_context)})}
+        return {"batches": batches[:3], "token_counts": [1, 3, 7], "contexts": sorted({32, min(512, max_context)})}
     contexts = sorted({64, min(512, max_context), min(2048, max_context)})
-    return {"batches": [1, 2, 4, 8], "token_counts": [1, 2, 4, 6, 9], "contexts": contexts}
+    return {"batches": batches, "token_counts": [1, 2, 4, 6, 9], "contexts": contexts}
 
 
 def with_dtype(knobs: Knobs, dtype: str) -> Knobs:

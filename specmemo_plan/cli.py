@@ -448,11 +448,11 @@ def measured_options(func):
     return func
 
 
-def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context):
+def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch=8):
     from .tuning import profile_pair
 
     return profile_pair(target, draft, dtype=dtype, device=device, acceptance=acceptance, num_prompts=num_prompts,
-                        k_max=k_max, max_context=context, repeats=repeats)
+                        k_max=k_max, max_context=context, repeats=repeats, max_batch=max_batch)
 
 
 def fit_rows(measured):
@@ -467,16 +467,18 @@ def fit_rows(measured):
 @click.option("--draft", "-d", default=None)
 @measured_options
 @click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive, help="Longest context to profile.")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Largest batch in the latency grid (powers of two up to it, and it).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Measured profile (JSON) to write.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, output, as_json):
+def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch, output, as_json):
     """Measure forward latencies and the pair's acceptance on this device; fit t(B, n, S)."""
     from dataclasses import asdict
 
     from .tuning import save_measured
 
-    measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
+    measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch)
     save_measured(measured, output)
     emit(asdict(measured), as_json, lambda: "\n".join([f"wrote {output}", fit_rows(measured)]))
 

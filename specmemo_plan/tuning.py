@@ -45,7 +45,7 @@ def local_device(device: str | None = None) -> tuple[DeviceSpec, str, object]:
 def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", device: str | None = None,
                  acceptance: float | None = None, num_prompts: int = 16, k_max: int = 8,
                  max_context: int = 2048, repeats: int = 5, grid: dict | None = None, quick: bool = False,
-                 acceptance_new_tokens: int = 48) -> MeasuredProfile:
+                 acceptance_new_tokens: int = 48, max_batch: int = 8) -> MeasuredProfile:
     """Measure latencies of both models over a grid, fit them, and measure (or take) the acceptance."""
     from engine.loading import load_model
     from engine.profiling import default_grid, measure_acceptance, measure_latencies
@@ -55,7 +55,7 @@ def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", de
     draft = load_model(draft_ref, dtype, torch_device, seed=1) if draft_ref else None
     if draft is not None:
         check_pair(target.shape, draft.shape)
-    grid = grid or default_grid(torch_device, max_context, quick)
+    grid = grid or default_grid(torch_device, max_context, quick, max_batch)
     t0 = time.perf_counter()
     samples = measure_latencies(target, "target", dtype, grid["batches"], grid["token_counts"], grid["contexts"], repeats)
     if draft is not None:

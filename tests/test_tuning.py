@@ -14,9 +14,10 @@ def test_profile_tune_verify(tiny_pair, tmp_path):
     runner = CliRunner()
     measured_path = tmp_path / "measured.json"
     result = runner.invoke(cli, ["profile", "-t", target, "-d", draft, "--context", "128", "--prompts", "4",
-                                 "--k-max", "4", "--repeats", "2", "-o", str(measured_path)])
+                                 "--k-max", "4", "--repeats", "2", "--max-batch", "4", "-o", str(measured_path)])
     assert result.exit_code == 0, result.output
     measured = read_measured_profile(measured_path)
+    assert measured.notes["grid"]["batches"] == [1, 2, 4]
     assert measured.acceptance_source == "measured" and len(measured.acceptance_histogram) == 5
     assert sum(measured.acceptance_histogram) > 0
     assert measured.target_fit["num_samples"] >= 4 and all(c >= 0 for c in measured.target_fit["coefficients"])
