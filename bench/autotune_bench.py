@@ -71,7 +71,7 @@ def main():
         stats = report["engine"]["stats"]
         kwargs = {"histogram": measured.acceptance_histogram} if use_draft else {}
         predicted = predict_speed(t_shape, d_shape if use_draft else None, knobs, latency,
-                                  context=int(stats["mean_context"]), **kwargs).tokens_per_s
+                                  context=int(stats["mean_context"]), new_tokens=stats["max_new"], **kwargs).tokens_per_s
         return {"k": knobs.draft_length, "batch": knobs.batch_size, "measured": stats["decode_tokens_per_s"],
                 "predicted": predicted, "acceptance": stats.get("acceptance_rate"),
                 "memory": report["engine"]["memory"], "worst_case": report.get("worst_case")}

@@ -216,14 +216,17 @@ def search(
     chunks: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
     retain: float | None = None,
     device_overhead_bytes: int = 0,
+    new_tokens: int | None = None,
 ) -> SearchResult:
     """Exhaustive search over k in 0..k_max (0 = plain decoding, no draft), batch and prefill chunk
     under memory <= budget. Memory is monotone in each knob, so each (k, chunk) stops at the
     first batch that does not fit. Among equal throughput, the larger prefill chunk wins
-    (fewer prefill forwards); with `retain`, the smallest memory keeping that share wins."""
+    (fewer prefill forwards); with `retain`, the smallest memory keeping that share wins.
+    `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted."""
     if histogram is not None:
         k_max = min(k_max, len(histogram) - 1)
     speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else 0.7}
+    speed_kwargs["new_tokens"] = new_tokens
     chunk_values = sorted({min(c, base.max_context) for c in chunks})
     candidates: list[Candidate] = []
     evaluated = 0

@@ -13,7 +13,9 @@ Latency models share one method, `forward_ms(model, dtype, batch, num_tokens, co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Protocol, Sequence
 
 from .errors import SpecMemoError
@@ -45,6 +47,50 @@ def expected_tokens_from_histogram(histogram: Sequence[float], k: int) -> float:
     if total <= 0:
         raise SpecMemoError("acceptance histogram is empty")
     return 1.0 + sum(min(i, k) * count for i, count in enumerate(histogram)) / total
+
+
+def tokens_per_step_distribution(k: int, acceptance: float = DEFAULT_ACCEPTANCE,
+                                 histogram: Sequence[float] | None = None) -> list[float]:
+    """P(a step yields j tokens), j = 1 .. k+1: from a measured histogram cut at k, or i.i.d. acceptance."""
+    if histogram is not None:
+        total = float(sum(histogram))
+        shares = [0.0] * (k + 1)
+        for i, count in enumerate(histogram):
+            shares[min(i, k)] += count / total
+        return shares
+    return [acceptance**i * (1 - acceptance) for i in range(k)] + [acceptance**k]
+
+
+@lru_cache(maxsize=None)
+def expected_max_of_normals(n: int) -> float:
+    """E[max of n independent standard normals] (0 for n = 1), by the trapezoid rule on
+    x * n * phi(x) * Phi(x)^(n-1) over [-10, 10]."""
+    if n <= 1:
+        return 0.0
+    steps, lo, hi = 4000, -10.0, 10.0
+    h = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps + 1):
+        x = lo + i * h
+        phi = math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + math.erf(x / math.sqrt(2)))
+        total += (0.5 if i in (0, steps) else 1.0) * x * n * phi * cdf ** (n - 1)
+    return total * h
+
+
+def batch_utilisation(distribution: Sequence[float], batch: int, new_tokens: int) -> float:
+    """Share of row-steps that still produce tokens when `batch` rows each generate `new_tokens`
+    and a step gives a row j+1 tokens with probability distribution[j]: a static batch runs until
+    its slowest row is done, and rows accept differently. Steps per row are approximately normal
+    (renewal theory: mean n/mu, variance n*var/mu^3); the slowest of B rows adds sigma * E[max of
+    B standard normals]. Measured in the engine at k=1-2, batch 4, 48 tokens: 0.87-0.91."""
+    if batch <= 1 or new_tokens <= 0:
+        return 1.0
+    mu = sum((j + 1) * p for j, p in enumerate(distribution))
+    var = sum((j + 1) ** 2 * p for j, p in enumerate(distribution)) - mu * mu
+    mean_steps = new_tokens / mu
+    sigma = math.sqrt(max(var, 0.0) * new_tokens / mu**3)
+    return mean_steps / (mean_steps + sigma * expected_max_of_normals(batch))
 
 
 def acceptance_from_histogram(histogram: Sequence[float]) -> float:
@@ -159,9 +205,12 @@ def predict_speed(
     histogram: Sequence[float] | None = None,
     draft_latency: LatencyModel | None = None,
     context: int | None = None,
+    new_tokens: int | None = None,
 ) -> SpeedPrediction:
     """Tokens/s of the plan and of plain decoding with the same batch and context.
-    `context`: cached tokens per step, when known (a measured run); else `mean_context`."""
+    `context`: cached tokens per step, when known (a measured run); else `mean_context`.
+    `new_tokens`: tokens each row generates in a static batch; given, a batch > 1 loses the
+    share of row-steps its rows spend waiting for the slowest one (batch_utilisation)."""
     B, k = knobs.batch_size, knobs.draft_length
     ctx = context if context is not None else mean_context(knobs)
     plain_ms = latency.forward_ms(target, knobs.weight_dtype, B, 1, ctx)
@@ -176,6 +225,8 @@ def predict_speed(
     draft_ms = (draft_latency or latency).forward_ms(draft, knobs.draft_dtype, B, 1, ctx)
     step_ms = k * draft_ms + latency.forward_ms(target, knobs.weight_dtype, B, k + 1, ctx)
     speed = B * tokens / step_ms * 1e3
+    if new_tokens:
+        speed *= batch_utilisation(tokens_per_step_distribution(k, acceptance, histogram), B, new_tokens)
     return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms)
 
 

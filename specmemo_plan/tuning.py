@@ -111,7 +111,8 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     t0 = time.perf_counter()
     try:
         result = search(target, draft, base, budget, latency, histogram=histogram, k_max=k_max,
-                        max_batch=max_batch, retain=retain, device_overhead_bytes=overhead)
+                        max_batch=max_batch, retain=retain, device_overhead_bytes=overhead,
+                        new_tokens=min(max_new_tokens, context - 1))
     except SpecMemoError:
         need = breakdown(target, None, replace(base, draft_length=0), overhead).total_bytes
         raise SpecMemoError(
@@ -190,7 +191,7 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
             total_s += s.total_s
             hist = [a + b for a, b in zip(hist, s.accepted_histogram)]
             contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
-        stats = {"new_tokens": new_tokens, "decode_tokens_per_s": new_tokens / decode_s, "tokens_per_s": new_tokens / total_s,
+        stats = {"new_tokens": new_tokens, "max_new": max_new, "decode_tokens_per_s": new_tokens / decode_s, "tokens_per_s": new_tokens / total_s,
                  "mean_context": sum(contexts) / len(contexts), "accepted_histogram": hist}
         if p.knobs.draft_length:
             stats["acceptance_rate"] = acceptance_from_histogram(hist) if sum(hist) else None
@@ -204,7 +205,7 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
         draft_shape = load_shape(plan.draft.ref) if plan.draft else None
         kwargs = {"histogram": measured.acceptance_histogram} if plan.draft and measured.acceptance_histogram else {}
         at_run = predict_speed(target_shape, draft_shape, plan.knobs, measured.latency(),
-                               context=int(sd["stats"]["mean_context"]), **kwargs)
+                               context=int(sd["stats"]["mean_context"]), new_tokens=sd["stats"]["max_new"], **kwargs)
         report["predicted_at_run_context"] = {"tokens_per_s": at_run.tokens_per_s, "plain_tokens_per_s": at_run.plain_tokens_per_s,
                                               "speedup": at_run.speedup}
         report["throughput_error_percent"] = relative_error_pct(at_run.tokens_per_s, sd["stats"]["decode_tokens_per_s"])

@@ -102,3 +102,46 @@ def test_nothing_fits():
     latency = fitted((20.0, 0.8, 0.0, 0.0), (1.0, 0.04, 0.0, 0.0))
     with pytest.raises(SpecMemoError, match="nothing fits"):
         search(TARGET, DRAFT, Knobs(batch_size=1, max_context=2048, draft_length=1), 10 * 2**30, latency, acceptance=0.7)
+
+
+# ----------------------------------------------------------------------------- static batches: rows wait for the slowest
+
+
+def test_expected_max_of_normals_known_values():
+    from specmemo_plan.throughput import expected_max_of_normals
+
+    assert expected_max_of_normals(1) == 0.0
+    assert expected_max_of_normals(2) == pytest.approx(1 / 3.141592653589793**0.5, rel=1e-6)
+    assert expected_max_of_normals(4) == pytest.approx(1.0293754, rel=1e-6)
+
+
+def test_batch_utilisation_matches_a_simulation():
+    from specmemo_plan.throughput import batch_utilisation, tokens_per_step_distribution
+
+    histogram = [0.6, 0.25, 0.1, 0.05]
+    for k, batch, new_tokens in ((1, 4, 48), (2, 4, 48), (3, 8, 128)):
+        dist = tokens_per_step_distribution(k, histogram=histogram)
+        rng = random.Random(k)
+        live = total = 0
+        for _ in range(3000):
+            steps = []
+            for _ in range(batch):
+                made = n = 0
+                while made < new_tokens:
+                    made += rng.choices(range(1, k + 2), weights=dist)[0]
+                    n += 1
+                steps.append(n)
+            live += sum(steps)
+            total += batch * max(steps)
+        assert batch_utilisation(dist, batch, new_tokens) == pytest.approx(live / total, abs=0.015)
+    dist = tokens_per_step_distribution(2, acceptance=0.5)
+    assert batch_utilisation(dist, 1, 48) == 1.0
+    assert 1.0 > batch_utilisation(dist, 2, 48) > batch_utilisation(dist, 8, 48)
+
+
+def test_prediction_counts_idle_rows_only_when_told():
+    knobs = Knobs(batch_size=4, max_context=1024, draft_length=2)
+    latency = fitted((20.0, 0.1, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0))
+    free = predict_speed(TARGET, DRAFT, knobs, latency, acceptance=0.6)
+    static = predict_speed(TARGET, DRAFT, knobs, latency, acceptance=0.6, new_tokens=64)
+    assert static.tokens_per_s < free.tokens_per_s and static.plain_tokens_per_s == free.plain_tokens_per_s
