@@ -53,6 +53,7 @@ class Stats:
     accepted_histogram: list[int] = field(default_factory=list)  # [i]: row-steps that accepted i drafts
     new_tokens: int = 0  # all rows, the prefill's first token included
     rows: int = 0  # sequences (each got its first token from the prefill)
+    row_slots: int = 0  # steps x rows in the batch: a row that is done still occupies its slot
     prefill_tokens: int = 0
     prefill_s: float = 0.0
     draft_s: float = 0.0
@@ -65,7 +66,7 @@ class Stats:
             self.accepted_histogram = [0] * (self.draft_length + 1)
 
     def merge(self, other: "Stats") -> None:
-        for name in ("steps", "new_tokens", "rows", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
+        for name in ("steps", "new_tokens", "rows", "row_slots", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.accepted_histogram = [a + b for a, b in zip(self.accepted_histogram, other.accepted_histogram)]
 
@@ -80,6 +81,8 @@ class Stats:
             "accepted_histogram": {str(i): n for i, n in enumerate(self.accepted_histogram)},
             "acceptance_rate": accepted / (k * row_steps) if k and row_steps else None,
             "tokens_per_step": 1 + accepted / row_steps if row_steps else None,
+            # share of row slots still generating: a static batch waits for its slowest row
+            "row_utilisation": row_steps / self.row_slots if self.row_slots else None,
             "new_tokens": self.new_tokens,
             "prefill_tokens": self.prefill_tokens,
             "tokens_per_s": self.new_tokens / self.total_s if self.total_s else None,
@@ -427,6 +430,7 @@ class Engine:
         stats.total_s = time.perf_counter() - t0
         stats.new_tokens = sum(len(r.new) for r in rows)
         stats.rows = B
+        stats.row_slots = stats.steps * B
         outputs = [Output(r.new, self.decode(r.new), r.stop_reason) for r in rows]
         return Result(outputs, stats, [(r.target_valid, r.draft_valid) for r in rows])
 

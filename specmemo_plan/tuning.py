@@ -178,7 +178,7 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
     def run(p: Plan, with_draft: bool) -> dict:
         engine = Engine(p, device=torch_device, target=target, draft=draft if with_draft else None)
         B = p.knobs.batch_size
-        new_tokens, decode_s, total_s, hist, contexts = 0, 0.0, 0.0, [0] * (p.knobs.draft_length + 1), []
+        new_tokens, decode_s, total_s, hist, contexts, slots = 0, 0.0, 0.0, [0] * (p.knobs.draft_length + 1), [], 0
         max_new = min(max_new_tokens, p.knobs.max_context // 2)
         room = p.knobs.max_context - max_new
         for i in range(0, len(prompts), B):
@@ -190,9 +190,11 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
             decode_s += s.total_s - s.prefill_s
             total_s += s.total_s
             hist = [a + b for a, b in zip(hist, s.accepted_histogram)]
+            slots += s.row_slots
             contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
         stats = {"new_tokens": new_tokens, "max_new": max_new, "decode_tokens_per_s": new_tokens / decode_s, "tokens_per_s": new_tokens / total_s,
-                 "mean_context": sum(contexts) / len(contexts), "accepted_histogram": hist}
+                 "mean_context": sum(contexts) / len(contexts), "accepted_histogram": hist,
+                 "row_utilisation": sum(hist) / slots if slots else None}
         if p.knobs.draft_length:
             stats["acceptance_rate"] = acceptance_from_histogram(hist) if sum(hist) else None
         return {"stats": stats, "memory": engine.memory_report()}

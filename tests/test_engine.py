@@ -181,6 +181,8 @@ def test_batch_rows_accept_different_counts_and_match_batch_one(tiny_pair, hf_ta
     engine = engine_for(tiny_pair, batch_size=len(PROMPTS), draft_length=4, max_context=64, max_new_tokens=24)
     batched = engine.generate(PROMPTS)
     assert any(len(set(step)) > 1 for step in per_step), "rows should accept different counts in a step"
+    utilisation = batched.stats.as_dict()["row_utilisation"]
+    assert utilisation == sum(batched.stats.accepted_histogram) / (batched.stats.steps * len(PROMPTS)) <= 1
     single = engine_for(tiny_pair, batch_size=1, draft_length=4, max_context=64, max_new_tokens=24)
     for prompt, out in zip(PROMPTS, batched.outputs):
         assert out.token_ids == single.generate([prompt]).outputs[0].token_ids
