@@ -55,9 +55,9 @@ class StaticKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
-    def set_write(self, positions: torch.Tensor, starts: list[int], num_tokens: int) -> None:
-        """The next forward writes `num_tokens` tokens per row at `positions` [B, n];
-        `starts` are the same first positions on the host (they decide slicing without a sync)."""
+    def set_write(self, starts: list[int], num_tokens: int) -> None:
+        """The next forward writes `num_tokens` tokens per row at positions starts[b] .. starts[b]+n-1
+        (`starts` on the host: they decide slicing without a sync)."""
         self._batch = len(starts)  # rows in use: the first rows of the preallocated batch
         # all rows at one position: one slice copy; else a slice copy per row (host-side starts,
         # no sync; index_put_ over [B, n] positions was the slower path on CPU)

@@ -40,7 +40,7 @@ class Decoder:
         if start_tensor is None:
             start_tensor = torch.tensor(starts, dtype=torch.long, device=self.device)
         positions = start_tensor.unsqueeze(1) + torch.arange(n, device=self.device)
-        self.cache.set_write(positions, starts, n)
+        self.cache.set_write(starts, n)
         read = self.cache.read_length
         view = mask[: input_ids.shape[0], :, :n, :read]
         torch.le(torch.arange(read, device=self.device), positions[:, None, :, None], out=view)

@@ -66,14 +66,13 @@ def compare_measured(measured: MeasuredProfile, label: str, target: ModelShape, 
     if measured.target["dtype"] != knobs.weight_dtype:
         raise SpecMemoError(f"{label} was measured in {measured.target['dtype']}, not {knobs.weight_dtype}",
                             f"use --dtype {measured.target['dtype']} or profile again in {knobs.weight_dtype}")
-    if measured.acceptance_histogram:
-        speed_kwargs = {"histogram": measured.acceptance_histogram}
-        k_max = min(k_max, len(measured.acceptance_histogram) - 1)
-    else:
+    if not measured.acceptance_histogram:
         raise SpecMemoError(f"{label} has no acceptance for a draft", "run `specmemo-plan profile` with --draft")
+    k_max = min(k_max, len(measured.acceptance_histogram) - 1)
     device = measured.device
     return _verdict(label, device.get("name", "measured device"), device["total_memory_bytes"],
-                    measured.runtime_overhead_bytes, measured.latency(), target, draft, knobs, k_max, speed_kwargs)
+                    measured.runtime_overhead_bytes, measured.latency(), target, draft, knobs, k_max,
+                    {"histogram": measured.acceptance_histogram})
 
 
 def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: ModelShape, draft: ModelShape,

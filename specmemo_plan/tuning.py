@@ -18,7 +18,7 @@ from .errors import SpecMemoError
 from .memory import Knobs, breakdown
 from .models import check_pair, load_shape
 from .plan import DeviceSpec, Generation, Plan, make_plan, write_plan
-from .throughput import acceptance_from_histogram, predict_speed
+from .throughput import acceptance_from_histogram, predict_speed, tokens_per_step_distribution
 from .units import format_bytes
 
 
@@ -76,7 +76,7 @@ def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", de
             log(f"acceptance: {acceptance_from_histogram(histogram):.3f} per token over {info['new_tokens']} tokens")
         else:
             # i.i.d. acceptance a as a histogram at k_max: P(i accepted) = a^i (1 - a), P(k_max) = a^k_max
-            histogram = [acceptance**i * (1 - acceptance) for i in range(k_max)] + [acceptance**k_max]
+            histogram = tokens_per_step_distribution(k_max, acceptance)
     return MeasuredProfile(
         device=asdict(spec) | {"torch_device": torch_device},
         target={"ref": target_ref, "dtype": dtype, "fingerprint": target.shape.fingerprint},
@@ -165,7 +165,7 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
     never reach the activation peak the plan reserves."""
     from engine.loading import load_model
     from engine.profiling import calibration_prompts
-    from engine.runtime import Engine
+    from engine.runtime import Engine, Stats
 
     torch_device = device or (measured.device.get("torch_device") if measured else None) or "cpu"
     if models is not None:
@@ -178,23 +178,21 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
     def run(p: Plan, with_draft: bool) -> dict:
         engine = Engine(p, device=torch_device, target=target, draft=draft if with_draft else None)
         B = p.knobs.batch_size
-        new_tokens, decode_s, total_s, hist, contexts, slots = 0, 0.0, 0.0, [0] * (p.knobs.draft_length + 1), [], 0
+        total, contexts = Stats(p.knobs.draft_length), []
         max_new = min(max_new_tokens, p.knobs.max_context // 2)
         room = p.knobs.max_context - max_new
         for i in range(0, len(prompts), B):
             # a measurement, not a service: a prompt longer than the room left keeps its last tokens
             ids = [engine.encode(text)[-room:] for text in prompts[i : i + B]]
             result = engine.generate(ids, max_new_tokens=max_new)
-            s = result.stats
-            new_tokens += s.new_tokens
-            decode_s += s.total_s - s.prefill_s
-            total_s += s.total_s
-            hist = [a + b for a, b in zip(hist, s.accepted_histogram)]
-            slots += s.row_slots
+            total.merge(result.stats)
             contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
-        stats = {"new_tokens": new_tokens, "max_new": max_new, "decode_tokens_per_s": new_tokens / decode_s, "tokens_per_s": new_tokens / total_s,
+        hist = total.accepted_histogram
+        stats = {"new_tokens": total.new_tokens, "max_new": max_new,
+                 "decode_tokens_per_s": total.new_tokens / (total.total_s - total.prefill_s),
+                 "tokens_per_s": total.new_tokens / total.total_s,
                  "mean_context": sum(contexts) / len(contexts), "accepted_histogram": hist,
-                 "row_utilisation": sum(hist) / slots if slots else None}
+                 "row_utilisation": total.as_dict()["row_utilisation"]}
         if p.knobs.draft_length:
             stats["acceptance_rate"] = acceptance_from_histogram(hist) if sum(hist) else None
         return {"stats": stats, "memory": engine.memory_report()}
