@@ -59,23 +59,10 @@ class ChatSession:
     # ------------------------------------------------------------------ rendering
 
     def _render_text(self, turns) -> list[int]:
-        tok = self.engine.tokenizer
-        messages = [{"role": "system", "content": self.system}] if self.system else []
-        for user, reply in turns:
-            messages.append({"role": "user", "content": user})
-            if reply is not None:
-                messages.append({"role": "assistant", "content": reply})
-        if getattr(tok, "chat_template", None):
-            return _template_ids(tok, messages)
-        # no template: plain text turns, one per line
-        text = "".join(f"{m['content']}\n" for m in messages)
-        return self.engine.encode(text, chat_template=False)
+        return render_text(self.engine, turns, self.system)
 
     def _render_ids(self, turns) -> list[int]:
-        ids = list(self.system_ids)
-        for user, reply in turns:
-            ids += list(user) + list(reply or [])
-        return ids
+        return render_ids(turns, self.system_ids)
 
     # ------------------------------------------------------------------ a turn
 
@@ -118,6 +105,29 @@ class ChatSession:
         reply = out.text.strip() if text_mode else out.token_ids
         self.turns = turns[:-1] + [(user, reply)]
         return Reply(out.text, out.token_ids, out.stop_reason, len(ids), min(t_start, len(ids) - 1), dropped, result.stats)
+
+
+def render_text(engine: Engine, turns, system: str | None = None) -> list[int]:
+    """Token ids of a conversation [(user, reply or None), ...] through the chat template, ready for
+    the next reply; without a template, one plain line per message."""
+    tok = engine.tokenizer
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, reply in turns:
+        messages.append({"role": "user", "content": user})
+        if reply is not None:
+            messages.append({"role": "assistant", "content": reply})
+    if getattr(tok, "chat_template", None):
+        return _template_ids(tok, messages)
+    text = "".join(f"{m['content']}\n" for m in messages)
+    return engine.encode(text, chat_template=False)
+
+
+def render_ids(turns, system_ids=()) -> list[int]:
+    """A conversation of token-id turns, for models without a tokenizer: the ids back to back."""
+    ids = list(system_ids)
+    for user, reply in turns:
+        ids += list(user) + list(reply or [])
+    return ids
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

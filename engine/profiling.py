@@ -2,8 +2,9 @@
 
 Latency: the engine's own forward (static cache, per-row positions, logits only where used) of
 B sequences x n new tokens over S cached positions, with warm-up, device synchronisation,
-repeats and the median. Acceptance: the engine run greedily at k_max on the calibration prompts,
-its histogram of accepted lengths per step.
+repeats and the median. Acceptance: the histogram of accepted lengths per step of greedy
+speculative decoding at k_max on the calibration prompts, replayed from one plain run of the
+target and one teacher-forced pass of the draft (measure_acceptance).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from typing import Sequence
 
 import torch
 
@@ -94,44 +96,130 @@ def calibration_prompts(limit: int | None = None) -> list[dict]:
     return interleaved[:limit] if limit else interleaved
 
 
-def measure_acceptance(target: LoadedModel, draft: LoadedModel, target_ref: str, draft_ref: str, dtype: str,
-                       k_max: int = 8, num_prompts: int = 16, max_new_tokens: int = 48, context: int = 1024,
-                       progress: bool = True) -> tuple[list[int], dict]:
-    """Histogram of accepted drafts per step (index 0..k_max) over the calibration prompts, greedy,
-    batch 1; multi-turn prompts run as chat sessions so later turns reuse the earlier ones' cache."""
+def replay_histogram(matches: Sequence[bool], k: int, max_new: int) -> list[int]:
+    """Accepted drafts per step (index 0..k) of greedy speculative decoding, replayed.
+
+    matches[j]: the draft, fed the prompt and the target's greedy tokens before j, predicts the
+    target's token j (token 0 comes from the prefill, so matches[0] is never read). The engine's
+    step from p (tokens 0..p-1 produced) accepts the run of agreements at p, p+1, ... up to k and
+    adds the target's own token after it, so the next step starts at p + n + 1. Rows stop at
+    max_new tokens or at the end of `matches` (the target's EOS)."""
+    histogram = [0] * (k + 1)
+    end = min(max_new, len(matches))
+    p = 1
+    while p < end:
+        n = 0
+        while n < k and p + n < len(matches) and matches[p + n]:
+            n += 1
+        histogram[n] += 1
+        p += n + 1
+    return histogram
+
+
+@torch.inference_mode()
+def draft_agreement(draft: LoadedModel, dtype: str, prompt: list[int], answer: list[int]) -> list[bool]:
+    """matches[j] = (the draft's argmax after prompt + answer[:j]) == answer[j], for every j, from
+    one forward of the draft over prompt + answer (its own static cache, the engine's Decoder)."""
+    device = next(draft.model.parameters()).device
+    seq = prompt + answer
+    cache = StaticKVCache(draft.shape, 1, len(seq), dtype, device)
+    decoder = Decoder(draft.model, cache)
+    mask = torch.empty((1, 1, len(seq), len(seq)), dtype=torch.bool, device=device)
+    hidden = decoder.forward(torch.tensor([seq], device=device), [0], mask)  # [1, P+L, H]
+    at = hidden[0, len(prompt) - 1 : len(seq) - 1]  # [L, H]: the positions that predict answer[0..L-1]
+    logits = torch.empty((len(answer), draft.shape.vocab_size), dtype=decoder.head.dtype, device=device)
+    predicted = decoder.logits(at, out=logits).argmax(-1)  # [L]
+    return (predicted == torch.tensor(answer, device=device)).tolist()
+
+
+def local_spec(device: torch.device) -> DeviceSpec:
+    """The engine checks a plan's device kind and name (rocm under HIP): a spec for this device."""
+    if device.type != "cuda":
+        return DeviceSpec(kind="cpu", name=str(device), total_memory_bytes=2**62)
+    return DeviceSpec(kind="rocm" if torch.version.hip else "cuda", name=torch.cuda.get_device_name(device),
+                      total_memory_bytes=torch.cuda.get_device_properties(device).total_memory)
+
+
+def greedy_answers(target: LoadedModel, target_ref: str, dtype: str, conversations: list[list[str]],
+                   max_new_tokens: int, context: int, batch: int = 8, lookahead: int = 0,
+                   progress: bool = True) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) of every turn: the target answers greedily with the engine's plain
+    decoding, `batch` rows at a time; a later turn's prompt holds the earlier turns and their
+    answers of max_new_tokens. Answers run `lookahead` tokens further (not kept in the history)."""
     from tqdm import tqdm
 
+    from .chat import render_ids, render_text
     from .runtime import Engine
 
     device = next(target.model.parameters()).device
-    knobs = Knobs(batch_size=1, max_context=context, draft_length=k_max, weight_dtype=dtype)
-    gpu = device.type == "cuda"  # the engine checks the plan's device name and kind (rocm under HIP)
-    spec = DeviceSpec(kind=("rocm" if torch.version.hip else "cuda") if gpu else "cpu",
-                      name=torch.cuda.get_device_name(device) if gpu else str(device),
-                      total_memory_bytes=torch.cuda.get_device_properties(device).total_memory if gpu else 2**62)
-    plan = make_plan(target_ref, target.shape, draft_ref, draft.shape, knobs, spec, spec.total_memory_bytes,
+    knobs = Knobs(batch_size=batch, max_context=context, draft_length=0, weight_dtype=dtype)
+    spec = local_spec(device)
+    plan = make_plan(target_ref, target.shape, None, None, knobs, spec, spec.total_memory_bytes,
                      generation=Generation(max_new_tokens=max_new_tokens))
-    engine = Engine(plan, device=str(device), target=target, draft=draft)
+    engine = Engine(plan, device=str(device), target=target)
+    history: list[list[tuple]] = [[] for _ in conversations]  # per conversation: (user, reply) so far
+    pairs = []
+    bar = tqdm(total=sum(map(len, conversations)), desc="target answers", file=sys.stderr, disable=not progress, leave=False)
+    for turn in range(max(map(len, conversations))):
+        todo = []
+        for i, conv in enumerate(conversations):
+            if turn < len(conv):
+                user = conv[turn] if engine.real_tokenizer else engine.encode(conv[turn])
+                turns = history[i] + [(user, None)]
+                ids = render_text(engine, turns) if engine.real_tokenizer else render_ids(turns)
+                if len(ids) + max_new_tokens + lookahead <= context:  # a conversation too long for the context ends here
+                    todo.append((i, user, ids))
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            result = engine.generate([ids for _, _, ids in chunk], max_new_tokens + lookahead)
+            for (i, user, ids), out in zip(chunk, result.outputs):
+                pairs.append((ids, out.token_ids))
+                reply = out.token_ids[:max_new_tokens]
+                history[i].append((user, engine.decode(reply).strip() if engine.real_tokenizer else reply))
+            bar.update(len(chunk))
+    bar.close()
+    return pairs
+
+
+def measure_acceptance(target: LoadedModel, draft: LoadedModel, target_ref: str, dtype: str, k_max: int = 8,
+                       num_prompts: int = 16, max_new_tokens: int = 48, context: int = 1024, batch: int = 8,
+                       conversations: list[list[str]] | None = None, progress: bool = True) -> tuple[list[int], dict]:
+    """Histogram of accepted drafts per step (index 0..k_max) of greedy speculative decoding on the
+    calibration prompts (multi-turn ones turn by turn), without running it.
+
+    In greedy decoding the draft only ever sees the target's own tokens, so what it would accept
+    follows from (1) the target's greedy answers, generated with batched plain decoding, and
+    (2) one teacher-forced pass of the draft over each prompt + answer; replay_histogram walks the
+    engine's steps over the agreements. Equal to running the engine at k_max up to floating-point
+    near-ties (tests/test_acceptance_replay.py), and much cheaper: no draft pass per token, no k+1-
+    token verify, a batch of rows per target step. Answers run k_max tokens past max_new_tokens so
+    the last step's run is seen whole."""
+    t0 = time.perf_counter()
+    conversations = conversations or [p["turns"] for p in calibration_prompts(num_prompts)]
+    pairs = greedy_answers(target, target_ref, dtype, conversations, max_new_tokens, context, batch, k_max, progress)
+    t1 = time.perf_counter()
     histogram = [0] * (k_max + 1)
     tokens = 0
-    for prompt in tqdm(calibration_prompts(num_prompts), desc="acceptance", file=sys.stderr, disable=not progress, leave=False):
-        session = engine.chat(on_overflow="drop-oldest", max_new_tokens=max_new_tokens)
-        for turn in prompt["turns"]:
-            reply = session.say(turn) if engine.real_tokenizer else session.say_ids(engine.encode(turn))
-            histogram = [a + b for a, b in zip(histogram, reply.stats.accepted_histogram)]
-            tokens += reply.stats.new_tokens
-    return histogram, {"prompts": num_prompts, "new_tokens": tokens, "k_max": k_max, "max_new_tokens": max_new_tokens}
+    for prompt, answer in pairs:
+        steps = replay_histogram(draft_agreement(draft, dtype, prompt, answer), k_max, max_new_tokens)
+        histogram = [a + b for a, b in zip(histogram, steps)]
+        tokens += min(len(answer), max_new_tokens)
+    info = {"prompts": len(conversations), "turns": len(pairs), "new_tokens": tokens, "k_max": k_max,
+            "max_new_tokens": max_new_tokens, "method": "replay", "target_seconds": t1 - t0,
+            "draft_seconds": time.perf_counter() - t1}
+    return histogram, info
 
 
 def default_grid(device: torch.device, max_context: int, quick: bool = False, max_batch: int = 8) -> dict:
     """A grid that spans what tune searches: batch 1..max_batch (powers of two, and max_batch),
-    1..k_max+1 tokens, short to long context. `quick`: a smaller grid for the demo (4 coefficients
-    need few points; the fit error says how few)."""
+    1..k_max+1 tokens, short to long context. `quick`: a smaller grid for the demo, still with two
+    samples per coefficient of the piecewise fit (the fit error says how good)."""
     batches = sorted({b for b in (1, 2, 4, 8) if b <= max_batch} | {max_batch})
     if quick:
-        return {"batches": batches[:3], "token_counts": [1, 3, 7], "contexts": sorted({32, min(512, max_context)})}
+        return {"batches": batches[:3], "token_counts": [1, 2, 4, 7], "contexts": sorted({32, min(512, max_context)})}
     contexts = sorted({64, min(512, max_context), min(2048, max_context)})
-    return {"batches": batches, "token_counts": [1, 2, 4, 6, 9], "contexts": contexts}
+    # 3 and 4 tokens both: this CPU's matrix kernels step between them (autotune.py's g)
+    return {"batches": batches, "token_counts": [1, 2, 3, 4, 6, 9], "contexts": contexts}
 
 
 def with_dtype(knobs: Knobs, dtype: str) -> Knobs:

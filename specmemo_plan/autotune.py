@@ -4,10 +4,13 @@ Measuring (timing forward passes, the acceptance histogram) needs torch and live
 `engine/profiling.py`; this module only reads its samples, so it stays importable without torch.
 
 Latency model per model, fitted with scipy (non-negative least squares on relative error):
-    t(B, n, S) = c0 + c1 * B*n + c2 * B*S + c3 * B*n*S        [ms]
-c0 is the per-forward floor (reading the weights, launching kernels), c1 the per-token work of
-the layers and output layer, c2 reading the KV cache of S cached tokens per sequence, c3 the
-attention of n new tokens over S. The same shape as the roofline's bytes and FLOPs terms.
+    t(B, n, S) = c0 + g(B*n) + c2 * B*S + c3 * B*n*S        [ms]
+c0 is the per-forward floor (reading the weights, launching kernels), g the work of the layers and
+output layer on the B*n rows of the forward, c2 reading the KV cache of S cached tokens per
+sequence, c3 the attention of n new tokens over S: the roofline's bytes and FLOPs terms.
+g is piecewise linear with a knot at every measured B*n and non-negative slopes (ramp basis in
+the same NNLS), because matrix kernels are not linear in their row count: on a 2-core CPU, 4 rows
+cost ~1.5x what 3 rows cost (README, "Verify cost"). With knots=() g is linear, c1 * B*n.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from .memory import Knobs, MemoryBreakdown, breakdown
 from .models import ModelShape
 from .throughput import SpeedPrediction, predict_speed
 
-FEATURES = ("1", "B*n", "B*S", "B*n*S")
 MEASURED_PROFILE_VERSION = 1
 
 
@@ -37,30 +39,54 @@ class LatencySample:
     ms: float  # median wall time
 
 
-def _features(batch: int, num_tokens: int, context: int) -> list[float]:
-    return [1.0, batch * num_tokens, batch * context, batch * num_tokens * context]
+def _features(batch: int, num_tokens: int, context: int, knots: Sequence[int] = ()) -> list[float]:
+    """[1, g's basis at B*n ..., B*S, B*n*S]. With knots x_0 < ... < x_m, g's basis is one ramp per
+    segment, min(max(x - x_(i-1), 0), x_i - x_(i-1)), the last one unbounded (extrapolates its slope)."""
+    x = batch * num_tokens
+    if not knots:
+        rows = [float(x)]
+    else:
+        rows = [min(max(x - lo, 0.0), hi - lo) for lo, hi in zip(knots, knots[1:])]
+        rows[-1] = max(x - knots[-2], 0.0)
+    return [1.0, *rows, batch * context, batch * num_tokens * context]
 
 
 @dataclass(frozen=True)
 class LatencyFit:
-    coefficients: tuple[float, ...]  # for FEATURES, ms
+    coefficients: tuple[float, ...]  # ms, for _features: c0, g's slopes (or c1), c2, c3
     mean_abs_pct_error: float  # on the samples it was fitted to
     max_abs_pct_error: float
     num_samples: int
+    knots: tuple[int, ...] = ()  # g's knots (measured B*n); () = linear in B*n
 
     def ms(self, batch: int, num_tokens: int, context: int) -> float:
-        return sum(c * f for c, f in zip(self.coefficients, _features(batch, num_tokens, context)))
+        return sum(c * f for c, f in zip(self.coefficients, _features(batch, num_tokens, context, self.knots)))
+
+    def g_ms(self, rows: int) -> float:
+        """g at B*n = rows: the row-dependent work, without the floor and the context terms."""
+        return sum(c * f for c, f in zip(self.coefficients[1:-2], _features(1, rows, 0, self.knots)[1:-2]))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyFit":
+        return cls(**{**data, "coefficients": tuple(data["coefficients"]), "knots": tuple(data.get("knots", ()))})
 
 
-def fit_latency(samples: Sequence[LatencySample]) -> LatencyFit:
+def fit_latency(samples: Sequence[LatencySample], piecewise: bool = True) -> LatencyFit:
     """Non-negative least squares on relative error (scipy.optimize.nnls): every coefficient is a
-    cost, so none may be negative, and short forwards matter as much as long ones."""
+    cost, so none may be negative, and short forwards matter as much as long ones. `piecewise`:
+    g(B*n) with a knot at each measured B*n, where the samples are enough (at least two per
+    coefficient and three distinct B*n); otherwise linear."""
     import numpy as np
     from scipy.optimize import nnls
 
-    if len(samples) < len(FEATURES):
-        raise SpecMemoError(f"{len(samples)} latency samples cannot fit {len(FEATURES)} coefficients", "profile a larger grid")
-    X = np.array([_features(s.batch, s.num_tokens, s.context) for s in samples], dtype=float)
+    knots: tuple[int, ...] = ()
+    distinct = sorted({s.batch * s.num_tokens for s in samples})
+    if piecewise and len(distinct) >= 3 and len(samples) >= 2 * (len(distinct) + 2):
+        knots = tuple(distinct)
+    width = len(_features(1, 1, 0, knots))
+    if len(samples) < width:
+        raise SpecMemoError(f"{len(samples)} latency samples cannot fit {width} coefficients", "profile a larger grid")
+    X = np.array([_features(s.batch, s.num_tokens, s.context, knots) for s in samples], dtype=float)
     y = np.array([s.ms for s in samples], dtype=float)
     if np.any(y <= 0):
         raise SpecMemoError("latency samples must be positive")
@@ -69,7 +95,7 @@ def fit_latency(samples: Sequence[LatencySample]) -> LatencyFit:
     coef, _ = nnls((X / scale) / y[:, None], np.ones_like(y))
     coef = coef / scale
     pct = np.abs(X @ coef - y) / y * 100
-    return LatencyFit(tuple(float(c) for c in coef), float(pct.mean()), float(pct.max()), len(samples))
+    return LatencyFit(tuple(float(c) for c in coef), float(pct.mean()), float(pct.max()), len(samples), knots)
 
 
 @dataclass(frozen=True)
@@ -138,8 +164,8 @@ class MeasuredProfile:
 
     def latency(self) -> FittedLatency:
         return FittedLatency(
-            target=LatencyFit(**{**self.target_fit, "coefficients": tuple(self.target_fit["coefficients"])}),
-            draft=LatencyFit(**{**self.draft_fit, "coefficients": tuple(self.draft_fit["coefficients"])}) if self.draft_fit else None,
+            target=LatencyFit.from_dict(self.target_fit),
+            draft=LatencyFit.from_dict(self.draft_fit) if self.draft_fit else None,
             target_fingerprint=self.target["fingerprint"],
             draft_fingerprint=self.draft["fingerprint"] if self.draft else None,
             name=self.device.get("name", "device"),

@@ -456,10 +456,17 @@ def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repea
 
 
 def fit_rows(measured):
-    rows = [["target", *[f"{c:.4g}" for c in measured.target_fit["coefficients"]], f"{measured.target_fit['mean_abs_pct_error']:.1f}%"]]
-    if measured.draft_fit:
-        rows.append(["draft", *[f"{c:.4g}" for c in measured.draft_fit["coefficients"]], f"{measured.draft_fit['mean_abs_pct_error']:.1f}%"])
-    return report.table(rows, ["model", "c0 ms", "c1 ms/(B*n)", "c2 ms/(B*S)", "c3 ms/(B*n*S)", "fit error"])
+    """The fitted curves: floor, context terms, and g(B*n) at its knots (ms)."""
+    from .autotune import LatencyFit
+
+    rows = []
+    for role, data in (("target", measured.target_fit), ("draft", measured.draft_fit)):
+        if data:
+            fit = LatencyFit.from_dict(data)
+            c0, c2, c3 = fit.coefficients[0], *fit.coefficients[-2:]
+            g = " ".join(f"{x}:{fit.g_ms(x):.3g}" for x in (fit.knots or (1, 8, 64)))
+            rows.append([role, f"{c0:.4g}", g, f"{c2:.3g}", f"{c3:.3g}", f"{fit.mean_abs_pct_error:.1f}%"])
+    return report.table(rows, ["model", "c0 ms", "g(B*n) ms at B*n", "c2 ms/(B*S)", "c3 ms/(B*n*S)", "fit error"])
 
 
 @cli.command()

@@ -69,7 +69,7 @@ def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", de
     if draft is not None:
         if acceptance is None:
             t1 = time.perf_counter()
-            histogram, info = measure_acceptance(target, draft, target_ref, draft_ref, dtype, k_max, num_prompts,
+            histogram, info = measure_acceptance(target, draft, target_ref, dtype, k_max, num_prompts,
                                                  max_new_tokens=acceptance_new_tokens)
             notes.update(acceptance_seconds=time.perf_counter() - t1, acceptance_run=info)
             source = "measured"

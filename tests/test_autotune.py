@@ -1,5 +1,5 @@
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -29,9 +29,34 @@ def synthetic(coefficients, noise=0.0, seed=0):
 
 def test_fit_recovers_known_coefficients():
     truth = (12.0, 0.35, 0.002, 0.0001)
-    fit = fit_latency(synthetic(truth))
+    fit = fit_latency(synthetic(truth), piecewise=False)
     assert fit.coefficients == pytest.approx(truth, rel=1e-6)
     assert fit.mean_abs_pct_error < 1e-6
+    # the piecewise form contains the linear one: the same curve, slope 0.35 on every segment
+    piecewise = fit_latency(synthetic(truth))
+    assert piecewise.knots == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    assert piecewise.mean_abs_pct_error < 1e-6
+    assert piecewise.ms(3, 5, 100) == pytest.approx(fit.ms(3, 5, 100), rel=1e-6)
+
+
+def test_piecewise_fit_follows_a_kernel_step():
+    """Rows cost 2 ms each up to 4 rows, then 0.1 ms each (a kernel that pads to 4 rows): the
+    piecewise g recovers it, a line cannot."""
+    def g(rows):
+        return 2.0 * (min(rows, 4) - 1) + 0.1 * max(rows - 4, 0)
+
+    samples = [LatencySample("target", b, n, s, 10.0 + g(b * n) + 0.001 * b * s)
+               for b in (1, 2, 4) for n in (1, 2, 3, 4, 6) for s in (64, 512)]
+    fit = fit_latency(samples)
+    assert fit.mean_abs_pct_error < 1e-6
+    assert all(c >= 0 for c in fit.coefficients)
+    assert fit.g_ms(3) == pytest.approx(g(3), abs=1e-6) and fit.g_ms(24) == pytest.approx(g(24), abs=1e-6)
+    assert fit.ms(3, 3, 100) == pytest.approx(10.0 + g(9) + 0.3, rel=1e-6)  # B*n = 9 was not measured
+    assert fit_latency(samples, piecewise=False).mean_abs_pct_error > 5
+    # profiles written before knots existed read back as the linear form
+    linear = fit_latency(samples, piecewise=False)
+    old = {k: v for k, v in asdict(linear).items() if k != "knots"}
+    assert LatencyFit.from_dict(old) == linear and LatencyFit.from_dict(asdict(fit)) == fit
 
 
 def test_fit_with_noise_reports_its_error():
