@@ -44,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,2,4")
     ap.add_argument("--prompts", type=int, default=8, help="calibration prompts per measured run")
     ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=2, help="side-by-side runs of the tuned plan and the best grid point")
+    ap.add_argument("--rounds", type=int, default=4, help="side-by-side runs of the tuned plan and the best grid point")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
