@@ -216,6 +216,7 @@ class SearchResult:
     frontier: list  # Candidates: memory vs throughput Pareto curve between the two ends
     evaluated: int  # configurations evaluated
     plain: Candidate | None  # best plain decoding (no draft) within the budget
+    best_draft: Candidate | None = None  # best with a draft (k >= 1) within the budget
 
 
 def _batches(max_batch: int) -> list[int]:
@@ -280,7 +281,9 @@ def search(
         chosen = min(keep, key=lambda c: (c.total_bytes, -c.tokens_per_s))
     plain = [c for c in candidates if c.knobs.draft_length == 0]
     best_plain = max(plain, key=lambda c: c.tokens_per_s) if plain else None
-    return SearchResult(fastest, chosen, frontier, evaluated, best_plain)
+    drafted = [c for c in candidates if c.knobs.draft_length > 0]
+    best_draft = max(drafted, key=lambda c: c.tokens_per_s) if drafted else None
+    return SearchResult(fastest, chosen, frontier, evaluated, best_plain, best_draft)
 
 
 def pareto_frontier(candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -136,6 +136,13 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     use_draft = chosen.knobs.draft_length > 0
     speed = chosen.speed
     acceptance = acceptance_from_histogram(histogram) if histogram else None
+    best = result.best_draft
+    if draft is not None and not use_draft and not notes and best is not None:
+        # SD may pay at a small batch yet lose at the batch the budget allows: say what was weighed
+        notes.append(f"speculative decoding does not pay within this budget: the best draft configuration "
+                     f"(k={best.knobs.draft_length}, batch {best.knobs.batch_size}) predicts {best.tokens_per_s:,.1f} "
+                     f"tokens/s, plain decoding at batch {chosen.knobs.batch_size} {chosen.tokens_per_s:,.1f}"
+                     + (f" (acceptance {acceptance:.3f})" if acceptance is not None else "") + "; planning plain decoding")
     plan = make_plan(
         measured.target["ref"], target, measured.draft["ref"] if use_draft else None, draft if use_draft else None,
         chosen.knobs, device, budget, generation=Generation(max_new_tokens=min(max_new_tokens, context - 1)),

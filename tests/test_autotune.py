@@ -121,6 +121,8 @@ def test_slow_draft_plans_plain_decoding():
     result = search(TARGET, DRAFT, base, 20 * 2**30, latency, acceptance=0.75, max_batch=8)
     assert result.fastest.knobs.draft_length == 0
     assert result.fastest is result.plain or result.fastest.tokens_per_s == result.plain.tokens_per_s
+    # what was weighed against it: the best configuration with a draft, slower
+    assert result.best_draft.knobs.draft_length >= 1 and result.best_draft.tokens_per_s < result.fastest.tokens_per_s
 
 
 def test_nothing_fits():
