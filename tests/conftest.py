@@ -53,6 +53,17 @@ def save_tiny_model(folder, config: dict | None = None, seed: int = 0, noise_fro
     return model.eval()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and are not slowed by other work on the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """(target folder, draft folder): a tiny target and a noisy copy (greedy acceptance around 0.6)."""

@@ -4,7 +4,6 @@ speculative decoding: by hand on agreement patterns, and against the engine on a
 from __future__ import annotations
 
 import pytest
-import torch
 
 from engine.loading import load_model
 from engine.profiling import calibration_prompts, measure_acceptance, replay_histogram
@@ -13,12 +12,7 @@ from engine.runtime import Engine
 from conftest import make_test_plan
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def produced(histogram: list[int]) -> int:

@@ -31,13 +31,7 @@ from conftest import TINY_CONFIG, make_test_plan
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], list(range(20, 40)), [3], [100, 7, 42, 42, 9, 200, 17]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and are not slowed by other work on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
