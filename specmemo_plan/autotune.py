@@ -10,7 +10,7 @@ output layer on the B*n rows of the forward, c2 reading the KV cache of S cached
 sequence, c3 the attention of n new tokens over S: the roofline's bytes and FLOPs terms.
 g is piecewise linear with a knot at every measured B*n and non-negative slopes (ramp basis in
 the same NNLS), because matrix kernels are not linear in their row count: on a 2-core CPU, 4 rows
-cost ~1.5x what 3 rows cost (README, "Verify cost"). With knots=() g is linear, c1 * B*n.
+cost ~1.5x what 3 rows cost (README, "Where speculative decoding can pay"). With knots=() g is linear, c1 * B*n.
 """
 
 from __future__ import annotations
