@@ -35,10 +35,10 @@ def check_devices(plan: Plan) -> None:
 
 
 def split_maps(plan: Plan) -> tuple[dict, dict | None, dict | None]:
-    """(target device_map, draft device_map, max_memory) from the plan's per_device entries."""
-    from specmemo_plan.split import device_map_from_plan
+    """(target device_map, draft device_map, max_memory) from the plan's placement."""
+    from specmemo_plan.placement import engine_device_maps
 
-    return device_map_from_plan(plan)
+    return engine_device_maps(plan.placement, plan.draft is not None)
 
 
 def load_split(plan: Plan, role: str, seed: int):
@@ -48,7 +48,7 @@ def load_split(plan: Plan, role: str, seed: int):
     from accelerate import dispatch_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from specmemo_plan.models import load_preset_config, load_shape
+    from specmemo_plan.models import load_shape, random_weight_config
 
     from .loading import LoadedModel, torch_dtype, weights_folder
 
@@ -63,7 +63,7 @@ def load_split(plan: Plan, role: str, seed: int):
             folder, dtype=torch_dtype(dtype), device_map=device_map, max_memory=max_memory if role == "target" else None
         )
         return LoadedModel(model.eval(), shape, random_weights=False)
-    cfg = {k: v for k, v in load_preset_config(shape.source.split(":", 1)[1]).items() if not k.startswith("_")}
+    cfg = random_weight_config(shape)  # a preset or a config.json alike
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch_dtype(dtype))

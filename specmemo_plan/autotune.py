@@ -25,7 +25,7 @@ from typing import Sequence
 from .errors import SpecMemoError
 from .memory import Knobs, MemoryBreakdown, breakdown
 from .models import ModelShape
-from .throughput import SpeedPrediction, predict_speed
+from .throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, SpeedPrediction, predict_speed
 
 MEASURED_PROFILE_VERSION = 1
 
@@ -238,7 +238,7 @@ def search(
     latency,
     acceptance: float | None = None,
     histogram: Sequence[float] | None = None,
-    k_max: int = 8,
+    k_max: int = MAX_DRAFT_LENGTH,
     max_batch: int = 64,
     chunks: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
     retain: float | None = None,
@@ -247,12 +247,13 @@ def search(
 ) -> SearchResult:
     """Exhaustive search over k in 0..k_max (0 = plain decoding, no draft), batch and prefill chunk
     under memory <= budget. Memory is monotone in each knob, so each (k, chunk) stops at the
-    first batch that does not fit. Among equal throughput, the larger prefill chunk wins
-    (fewer prefill forwards); with `retain`, the smallest memory keeping that share wins.
+    first batch that does not fit. Among equal throughput the smaller memory wins (the plan is then
+    on the frontier it prints), then the larger prefill chunk; with `retain`, the smallest memory
+    keeping that share wins.
     `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted."""
     if histogram is not None:
         k_max = min(k_max, len(histogram) - 1)
-    speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else 0.7}
+    speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else DEFAULT_ACCEPTANCE}
     speed_kwargs["new_tokens"] = new_tokens
     chunk_values = sorted({min(c, base.max_context) for c in chunks})
     candidates: list[Candidate] = []
@@ -273,7 +274,7 @@ def search(
                 candidates.append(Candidate(knobs, speed, memory))
     if not candidates:
         raise SpecMemoError("nothing fits the budget, not even plain decoding at batch 1", "raise --budget or shorten --context")
-    fastest = max(candidates, key=lambda c: (c.tokens_per_s, c.knobs.chunk, -c.total_bytes))
+    fastest = max(candidates, key=lambda c: (c.tokens_per_s, -c.total_bytes, c.knobs.chunk))
     frontier = pareto_frontier(candidates)
     chosen = fastest
     if retain is not None:
@@ -293,13 +294,6 @@ def pareto_frontier(candidates: Sequence[Candidate]) -> list[Candidate]:
         if not frontier or c.tokens_per_s > frontier[-1].tokens_per_s:
             frontier.append(c)
     return frontier
-
-
-def relative_error_pct(predicted: float, measured: float) -> float:
-    """(predicted - measured) / measured in percent."""
-    if not measured or math.isnan(measured):
-        return float("nan")
-    return (predicted - measured) / measured * 100.0
 
 
 def samples_to_dicts(samples: Sequence[LatencySample]) -> list[dict]:

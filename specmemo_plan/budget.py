@@ -1,11 +1,11 @@
-"""Questions asked of a memory budget.
+"""Questions asked of a memory budget, on N devices (one device is N = 1).
 
-- `min_budget`: the smallest total memory at which some k >= 1 still predicts a speedup over plain
-  decoding (or keeps a share of the best SD throughput), and that k.
-- `largest_batch`, `largest_context`, `largest_draft_length`: one knob at its largest with the
-  others fixed.
+- `min_budget`: the smallest budget per device at which some k >= 1 still predicts a speedup over
+  plain decoding (or keeps a share of the best SD throughput), and that k;
+- `largest`: one knob (batch, context or k) at its largest with the others fixed;
+- `check_weights_fit`: a clear error when the budget cannot hold even the weights.
 
-Kept apart from memory.py because it needs both the memory model and the throughput model.
+Kept apart from memory.py because it needs the memory model, the placement and the throughput model.
 Every search relies on memory being monotone in batch, context and k (property-tested).
 """
 
@@ -16,17 +16,39 @@ from dataclasses import dataclass, replace
 from .errors import SpecMemoError
 from .memory import Knobs, MemoryBreakdown, breakdown
 from .models import ModelShape
+from .placement import DEFAULT_POLICY, DeviceSplit, fits, split_layers
 from .throughput import MAX_DRAFT_LENGTH, LatencyModel, SpeedPrediction, predict_speed
 from .units import format_bytes
+
+# Largest batch `largest` searches: past it, the step's rows are far beyond what a small device serves.
+MAX_BATCH_SEARCH = 4096
 
 
 @dataclass(frozen=True)
 class MinBudget:
-    total_bytes: int  # smallest budget at which SD still pays
+    total_bytes: int  # per device: the smallest budget at which SD still pays
     draft_length: int  # the k that achieves it
     speed: SpeedPrediction  # predicted at that k
-    memory: MemoryBreakdown  # its breakdown
-    plain_total_bytes: int  # plain decoding with the same batch and context, for comparison
+    split: DeviceSplit  # the plan placed at that budget (one device: everything on device 0)
+    plain_total_bytes: int  # plain decoding with the same batch and context, all devices together
+
+    @property
+    def memory(self) -> MemoryBreakdown:
+        """All devices together (one device: memory.breakdown)."""
+        return self.split.total
+
+
+def need_per_device(target, draft, knobs, devices: int = 1, overhead: int = 0) -> int:
+    """The smallest budget, the same on every device, that holds the plan: the total on one device;
+    over N devices the boundary of the layer walk, found by bisection (memory is monotone in the cap)."""
+    total = breakdown(target, draft, knobs, overhead).total_bytes
+    if devices == 1:
+        return total
+    low, high = 1, total  # one device of the one-device total always suffices
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(target, draft, knobs, [mid] * devices, overhead) else (mid + 1, high)
+    return low
 
 
 def min_budget(
@@ -37,39 +59,44 @@ def min_budget(
     retain: float | None = None,
     k_max: int = MAX_DRAFT_LENGTH,
     device_overhead_bytes: int = 0,
+    devices: int = 1,
+    interconnect_gbps: float | None = None,
+    policy: str = DEFAULT_POLICY,
     **speed_kwargs,
 ) -> MinBudget:
-    """Smallest total over k in 1..k_max of memory(k), among the k that pay off.
+    """Smallest per-device budget over k in 1..k_max, among the k that pay off.
 
     'Pays off' is a predicted speedup > 1 over plain decoding, or, with `retain`, tokens/s of at
     least retain * the best k's (the paper's 96% trade-off). Memory grows with k, so this is the
-    smallest such k's total; one byte less admits no paying k.
+    smallest such k's budget; one byte less admits no paying k.
     """
     if retain is not None and not 0 < retain <= 1:
         raise SpecMemoError(f"retain must be within (0, 1], got {retain}")
     options = []
     for k in range(1, k_max + 1):
-        k_knobs = replace(knobs, draft_length=k)
-        speed = predict_speed(target, draft, k_knobs, latency, **speed_kwargs)
-        options.append((k, speed, breakdown(target, draft, k_knobs, device_overhead_bytes)))
-    best_speed = max(speed.tokens_per_s for _, speed, _ in options)
-    paying = [
-        o for o in options
-        if (o[1].speedup > 1.0 if retain is None else o[1].tokens_per_s >= retain * best_speed and o[1].speedup > 1.0)
-    ]
+        kk = replace(knobs, draft_length=k)
+        need = need_per_device(target, draft, kk, devices, device_overhead_bytes)
+        split = split_layers(target, draft, kk, [need] * devices, device_overhead_bytes, policy)
+        speed = predict_speed(target, draft, kk, latency, split=split, interconnect_gbps=interconnect_gbps,
+                              **speed_kwargs)
+        options.append((need, k, split, speed))
+    best_speed = max(o[3].tokens_per_s for o in options)
+    paying = [o for o in options if o[3].speedup > 1.0 and (retain is None or o[3].tokens_per_s >= retain * best_speed)]
     if not paying:
-        best = max(options, key=lambda o: o[1].speedup)
+        top = max(options, key=lambda o: o[3].speedup)
         raise SpecMemoError(
-            f"speculative decoding does not pay here: the best predicted speedup is {best[1].speedup:.2f}x (k={best[0]})",
+            f"speculative decoding does not pay here: the best predicted speedup is {top[3].speedup:.2f}x (k={top[1]})",
             "plain decoding is faster; a better-matched draft or a higher acceptance would change that",
         )
-    k, speed, memory = min(paying, key=lambda o: (o[2].total_bytes, o[0]))
-    plain = breakdown(target, None, replace(knobs, draft_length=0, draft_weight_dtype=None), device_overhead_bytes)
-    return MinBudget(memory.total_bytes, k, speed, memory, plain.total_bytes)
+    need, k, split, speed = min(paying, key=lambda o: (o[0], o[1]))
+    return MinBudget(need, k, speed, split, _plain_total(target, knobs, devices, device_overhead_bytes, policy))
 
 
-def fits(target, draft, knobs, budget_bytes: int, device_overhead_bytes: int = 0) -> bool:
-    return breakdown(target, draft, knobs, device_overhead_bytes).total_bytes <= budget_bytes
+def _plain_total(target, knobs, devices, overhead, policy) -> int:
+    """Plain decoding with the same batch and context at its own smallest budget, all devices together."""
+    plain = replace(knobs, draft_length=0, draft_weight_dtype=None)
+    need = need_per_device(target, None, plain, devices, overhead)
+    return split_layers(target, None, plain, [need] * devices, overhead, policy).total.total_bytes
 
 
 def _largest(fit_at, low: int, high: int) -> int | None:
@@ -82,44 +109,43 @@ def _largest(fit_at, low: int, high: int) -> int | None:
     return low
 
 
-def check_weights_fit(target, draft, knobs, budget_bytes: int, device_overhead_bytes: int = 0) -> None:
-    """A clear error when the budget cannot even hold the weights (and runtime overhead)."""
+KNOB_LIMITS = ("batch_size", "max_context", "draft_length")
+
+
+def knob_limit(knob: str, target: ModelShape) -> int:
+    """How far `largest` searches each knob: MAX_BATCH_SEARCH rows; the target's trained positions
+    (a draft trained for fewer still runs past them, RoPE extrapolates, only with lower acceptance);
+    MAX_DRAFT_LENGTH drafts."""
+    return {"batch_size": MAX_BATCH_SEARCH, "max_context": target.max_position_embeddings,
+            "draft_length": MAX_DRAFT_LENGTH}[knob]
+
+
+def largest(knob: str, target, draft, knobs, budget_bytes: int, overhead: int = 0, devices: int = 1) -> int | None:
+    """Largest batch_size, max_context or draft_length (the others fixed) that fits `devices` x budget."""
+    if knob not in KNOB_LIMITS:
+        raise SpecMemoError(f"unknown knob {knob!r}", "one of: " + ", ".join(KNOB_LIMITS))
+    if knob == "draft_length" and draft is None:
+        return None
+    budgets = [budget_bytes] * devices
+    return _largest(lambda v: fits(target, draft, replace(knobs, **{knob: v}), budgets, overhead), 1,
+                    knob_limit(knob, target))
+
+
+def check_weights_fit(target, draft, knobs, budget_bytes: int, device_overhead_bytes: int = 0, devices: int = 1) -> None:
+    """A clear error when the budget cannot even hold the weights and each device's runtime overhead
+    (over N devices: in whole decoder layers, with each device's overhead and activation peak)."""
     b = breakdown(target, draft, replace(knobs, batch_size=1, max_context=1), device_overhead_bytes)
     floor = b.weights_bytes + b.components["runtime_overhead"]
-    if floor > budget_bytes:
+    if devices == 1 and floor > budget_bytes:
         raise SpecMemoError(
             f"the budget {format_bytes(budget_bytes)} is below the weights alone ({format_bytes(floor)}) "
             f"by {format_bytes(floor - budget_bytes)}",
             "raise --budget, use a smaller --dtype (int8, int4), or a smaller model",
         )
-
-
-def largest_batch(target, draft, knobs, budget_bytes, max_batch: int = 4096, device_overhead_bytes: int = 0) -> int | None:
-    return _largest(
-        lambda b: fits(target, draft, replace(knobs, batch_size=b), budget_bytes, device_overhead_bytes), 1, max_batch
-    )
-
-
-def context_limit(target: ModelShape, draft: ModelShape | None) -> int:
-    """The target's max_position_embeddings. A draft trained for fewer positions still runs past
-    them (RoPE extrapolates), only with lower acceptance, so it does not cap the context."""
-    return target.max_position_embeddings
-
-
-def largest_context(target, draft, knobs, budget_bytes, device_overhead_bytes: int = 0) -> int | None:
-    """Up to `context_limit`: a longer context would exceed what the target was trained for."""
-    limit = context_limit(target, draft)
-    return _largest(
-        lambda c: fits(target, draft, replace(knobs, max_context=c), budget_bytes, device_overhead_bytes), 1, limit
-    )
-
-
-K_SEARCH_LIMIT = 64  # draft lengths past this accept nothing more at any realistic acceptance (a^64)
-
-
-def largest_draft_length(target, draft, knobs, budget_bytes, k_max: int = K_SEARCH_LIMIT, device_overhead_bytes: int = 0) -> int | None:
-    if draft is None:
-        return None
-    return _largest(
-        lambda k: fits(target, draft, replace(knobs, draft_length=k), budget_bytes, device_overhead_bytes), 1, k_max
-    )
+    smallest = replace(knobs, batch_size=1, max_context=1)
+    if devices > 1 and not fits(target, draft, smallest, [budget_bytes] * devices, device_overhead_bytes):
+        raise SpecMemoError(
+            f"{devices} x {format_bytes(budget_bytes)} cannot hold the weights, in whole decoder layers, with each "
+            "device's runtime overhead",
+            "raise --budget or --devices, or use a smaller --dtype (int8, int4)",
+        )

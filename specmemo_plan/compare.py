@@ -15,7 +15,7 @@ from .errors import SpecMemoError
 from .hardware import HardwareProfile
 from .memory import Knobs, breakdown
 from .models import ModelShape
-from .throughput import roofline_from_profile
+from .throughput import MAX_DRAFT_LENGTH, roofline_from_profile
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class DeviceVerdict:
     headroom_bytes: int | None  # device memory minus the best configuration's total
     best_breakdown: dict | None  # MemoryBreakdown.as_dict() of the best configuration
     note: str = ""
+    draft_length_limit: int = MAX_DRAFT_LENGTH  # the k searched to: a best k there may lie past it
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -45,20 +46,20 @@ def compare_device(
     draft: ModelShape,
     knobs: Knobs,
     acceptance: float,
-    k_max: int = 8,
+    k_max: int = MAX_DRAFT_LENGTH,
 ) -> DeviceVerdict:
     """One device's verdict on its profile's roofline. Batch is searched up to the requested batch (a serving cap)."""
     try:
         latency = roofline_from_profile(profile, knobs.weight_dtype)
     except SpecMemoError as exc:  # e.g. bf16 on a Turing card
         return DeviceVerdict(profile.key, profile.name, profile.memory_bytes, False, False, None, None, None, None,
-                             None, None, None, None, note=exc.message)
+                             None, None, None, None, note=exc.message, draft_length_limit=k_max)
     return _verdict(profile.key, profile.name, profile.memory_bytes, profile.runtime_overhead_bytes, latency,
                     target, draft, knobs, k_max, {"acceptance": acceptance})
 
 
 def compare_measured(measured: MeasuredProfile, label: str, target: ModelShape, draft: ModelShape, knobs: Knobs,
-                     k_max: int = 8) -> DeviceVerdict:
+                     k_max: int = MAX_DRAFT_LENGTH) -> DeviceVerdict:
     """The verdict for a device measured by `specmemo-plan profile`: its fitted latency curves and
     its measured acceptance histogram (not an assumed rate), its own memory. Only for the measured
     pair and dtype: the curves say nothing about other models."""
@@ -88,13 +89,14 @@ def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: M
         minimum, note = None, exc.message
     if not plain_fits:
         return DeviceVerdict(key, name, memory, False, sd_fits, minimum, None, None, None, None, None,
-                             None, None, note=note or "the target does not fit at batch 1 with this context")
+                             None, None, note=note or "the target does not fit at batch 1 with this context",
+                             draft_length_limit=k_max)
     try:
         result = search(target, draft, knobs, memory, latency, k_max=k_max, max_batch=knobs.batch_size,
                         chunks=(knobs.chunk,), device_overhead_bytes=overhead, **speed_kwargs)
     except SpecMemoError as exc:
         return DeviceVerdict(key, name, memory, plain_fits, sd_fits, minimum, None, None, None, None,
-                             None, None, None, note=exc.message)
+                             None, None, None, note=exc.message, draft_length_limit=k_max)
     best = result.fastest
     plain_speed = result.plain.tokens_per_s if result.plain else None
     return DeviceVerdict(
@@ -103,8 +105,9 @@ def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: M
         sd_tokens_per_s=best.tokens_per_s, plain_tokens_per_s=plain_speed,
         speedup=best.tokens_per_s / plain_speed if plain_speed else None,
         headroom_bytes=memory - best.total_bytes, best_breakdown=best.memory.as_dict(), note=note,
+        draft_length_limit=k_max,
     )
 
 
-def compare_devices(profiles, target, draft, knobs, acceptance, k_max: int = 8) -> list[DeviceVerdict]:
+def compare_devices(profiles, target, draft, knobs, acceptance, k_max: int = MAX_DRAFT_LENGTH) -> list[DeviceVerdict]:
     return [compare_device(p, target, draft, knobs, acceptance, k_max) for p in profiles]

@@ -1,6 +1,6 @@
 """The memory model of speculative decoding: one small pure function per component.
 
-Notation (DESIGN.md): B batch, C planned context per sequence (prompt + new tokens), k draft
+Notation (docs/memory-model.md): B batch, C planned context per sequence (prompt + new tokens), k draft
 length, V vocabulary; per model L layers, n_kv KV heads, d head_dim, b_w bytes per weight,
 b_kv bytes per KV element.
 
@@ -13,7 +13,7 @@ so prediction and allocation agree to the byte (tests check it on CPU). The tran
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .errors import SpecMemoError
 from .models import ModelShape
@@ -132,7 +132,7 @@ class MemoryBreakdown:
 
     @property
     def generation_bytes(self) -> int:
-        """Peak memory during generation minus the static weights (PAPER.md, inferred)."""
+        """Peak memory during generation minus the static weights (docs/memory-model.md)."""
         return self.total_bytes - self.weights_bytes
 
     def as_dict(self) -> dict:
@@ -280,12 +280,6 @@ def activation_bytes(target: ModelShape, draft: ModelShape | None, knobs: Knobs)
     return max(candidates)
 
 
-def runtime_overhead_bytes(device_overhead_bytes: int = 0) -> int:
-    """CUDA/HIP context and allocator slack: a device constant from its hardware profile
-    (`runtime_overhead_bytes` in profiles/*.toml); 0 on CPU, where there is no context."""
-    return device_overhead_bytes
-
-
 # ----------------------------------------------------------------------------- totals
 
 
@@ -309,15 +303,8 @@ def breakdown(
             else 0,
             "candidate_buffers": candidate_buffer_bytes(target, draft, knobs),
             "activations": activation_bytes(target, draft, knobs),
-            "runtime_overhead": runtime_overhead_bytes(device_overhead_bytes),
+            # CUDA/HIP context and allocator slack: the hardware profile's runtime_overhead_bytes; 0 on CPU
+            "runtime_overhead": device_overhead_bytes,
         }
     )
 
-
-def plain_knobs(knobs: Knobs) -> Knobs:
-    """The same knobs without speculation: the plain-decoding baseline."""
-    return replace(knobs, draft_length=0, draft_weight_dtype=None)
-
-
-def generation_bytes(target: ModelShape, draft: ModelShape | None, knobs: Knobs, device_overhead_bytes: int = 0) -> int:
-    return breakdown(target, draft, knobs, device_overhead_bytes).generation_bytes

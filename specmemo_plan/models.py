@@ -301,6 +301,19 @@ def _shape_from_path(path: Path) -> ModelShape:
     return shape_from_config(_read_json(path), name=str(path), source=f"config:{path}")
 
 
+def random_weight_config(shape: ModelShape) -> dict:
+    """The config.json a weightless model (a preset, or a bare config.json) was read from, without our own
+    `_specmemo_*` keys: what the engine builds a random-weight model from."""
+    kind, _, where = shape.source.partition(":")
+    if kind == "preset":
+        cfg = load_preset_config(where)
+    elif kind == "config":
+        cfg = _read_json(Path(where))
+    else:
+        raise SpecMemoError(f"{shape.name} has real weights at {shape.source}", "load them from there")
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
 def check_pair(target: ModelShape, draft: ModelShape | None) -> None:
     """SD needs one tokenizer: the draft's vocabulary must be the target's."""
     if draft is not None and draft.vocab_size != target.vocab_size:

@@ -1,7 +1,9 @@
 """The plan file: what to run, inside which budget, and what it is predicted to cost.
 
-JSON with `"schema_version": 1`, written atomically (temp file in the same folder + rename).
+JSON with `"schema_version": 2`, written atomically (temp file in the same folder + rename).
 `Plan.from_dict` validates every field and names the one that is wrong ("knobs.batch_size: ...").
+Every plan is a plan over `device.count` devices: `per_device` holds each device's share and
+`placement` how they connect; a one-device plan has one share holding everything (docs/placement.md).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from .errors import SpecMemoError
 from .files import write_json_atomic
-from .memory import COMPONENTS, Knobs, MemoryBreakdown, breakdown
+from .memory import COMPONENTS, Knobs
 from .models import ModelShape
+from .placement import DEFAULT_POLICY, DeviceShare, Placement, split_layers
 
-SCHEMA_VERSION = 1
+# 2: per_device for every plan (one device included) and a typed `placement` (was provenance.split)
+SCHEMA_VERSION = 2
 SAMPLING_MODES = ("greedy", "sample")
 DEVICE_KINDS = ("cpu", "cuda", "rocm")
 
@@ -69,29 +73,23 @@ class Plan:
     knobs: Knobs
     generation: Generation
     prediction: Prediction
+    per_device: tuple[DeviceShare, ...]  # each device's budget and components (one entry per device)
+    placement: Placement  # how the devices connect: device_map, max_memory, draft device, hops
     provenance: dict = field(default_factory=dict)  # how it was made: command, tool version, notes
-    measured: dict | None = None  # filled by `tune --verify` or the engine: measured beside predicted
-    per_device: list | None = None  # per-device budgets and breakdowns for multi-device plans
+    measured: dict | None = None  # filled by `tune --verify`: measured beside predicted
     schema_version: int = SCHEMA_VERSION
 
-    @property
-    def draft_length(self) -> int:
-        return self.knobs.draft_length
-
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("target", "draft", "device", "knobs", "generation", "prediction"):
+            data[name] = None if data[name] is None else dataclasses.asdict(data[name])
+        data["per_device"] = [d.as_dict() for d in self.per_device]
+        data["placement"] = self.placement.as_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> "Plan":
         return _parse_plan(data)
-
-
-def predicted_breakdown(plan: Plan) -> MemoryBreakdown:
-    return MemoryBreakdown(dict(plan.prediction.memory["components"]))
-
-
-def recompute_breakdown(plan: Plan, target: ModelShape, draft: ModelShape | None, overhead: int) -> MemoryBreakdown:
-    return breakdown(target, draft, plan.knobs, overhead)
 
 
 # ----------------------------------------------------------------------------- IO
@@ -229,10 +227,35 @@ def _parse_plan(data: Any, where: str = "plan") -> Plan:
             latency_source=p.get("latency_source", str, optional=True, default="none"),
             acceptance_source=p.get("acceptance_source", str, optional=True, default="assumed"),
         ),
+        per_device=_per_device(r, d.positive("count", optional=True, default=1)),
+        placement=_placement(r.sub("placement")),
         provenance=r.get("provenance", dict, optional=True, default={}),
         measured=r.get("measured", dict, optional=True),
-        per_device=r.get("per_device", list, optional=True),
     )
+
+
+def _per_device(r: _Reader, count: int) -> tuple[DeviceShare, ...]:
+    entries = r.get("per_device", list)
+    if len(entries) != count:
+        r.fail("per_device", f"has {len(entries)} entries for device.count {count}")
+    shares = []
+    for i, entry in enumerate(entries):
+        e = _Reader(entry, f"per_device[{i}]", r.where)
+        for key in ("index", "budget_bytes", "accelerate_weight_bytes", "target_params"):
+            e.positive(key, allow_zero=True)
+        e.get("holds", list), e.get("modules", list), e.get("layers", list, optional=True)
+        components = e.sub("components")
+        for name in COMPONENTS:
+            components.positive(name, allow_zero=True)
+        shares.append(DeviceShare.from_dict(entry))
+    return tuple(shares)
+
+
+def _placement(r: _Reader) -> Placement:
+    r.choice("policy", ("balanced", "sequential"))
+    r.positive("head_device", allow_zero=True), r.positive("hops", allow_zero=True)
+    r.get("device_map", dict), r.get("duplicates", dict), r.get("max_memory", dict, optional=True)
+    return Placement.from_dict(r.data)
 
 
 def model_ref(ref: str, shape: ModelShape, dtype: str) -> ModelRef:
@@ -251,22 +274,25 @@ def make_plan(
     device_overhead_bytes: int = 0,
     throughput: dict | None = None,
     provenance: dict | None = None,
+    policy: str = DEFAULT_POLICY,
 ) -> Plan:
-    """A plan from explicit knobs. Refuses one whose predicted memory exceeds the budget, or whose
-    prompt + new tokens cannot fit the context. `throughput` holds the Prediction's speed fields."""
+    """A plan from explicit knobs over `device.count` devices of `budget_bytes` each. Refuses one whose
+    predicted memory exceeds the budget on any device, or whose prompt + new tokens cannot fit the
+    context. `throughput` holds the Prediction's speed fields."""
+    from .units import format_bytes
+
     knobs.validate(has_draft=draft is not None)
     if generation.max_new_tokens >= knobs.max_context:
         raise SpecMemoError(
             f"max_new_tokens ({generation.max_new_tokens}) leaves no room for a prompt in a {knobs.max_context}-token context",
             "raise --context or lower --max-new-tokens",
         )
-    memory = breakdown(target, draft, knobs, device_overhead_bytes)
-    if memory.total_bytes > budget_bytes:
-        from .units import format_bytes
-
+    split = split_layers(target, draft, knobs, [budget_bytes] * device.count, device_overhead_bytes, policy)
+    worst = max(split.devices, key=lambda s: s.memory.total_bytes - s.budget_bytes)
+    if worst.memory.total_bytes > budget_bytes:
         raise SpecMemoError(
-            f"the plan needs {format_bytes(memory.total_bytes)}, over the budget of {format_bytes(budget_bytes)} "
-            f"by {format_bytes(memory.total_bytes - budget_bytes)}",
+            f"the plan needs {format_bytes(worst.memory.total_bytes)}, over the budget of {format_bytes(budget_bytes)} "
+            f"by {format_bytes(worst.memory.total_bytes - budget_bytes)}",
             "lower --batch, --context or --draft-length, or see `specmemo-plan fit`",
         )
     return Plan(
@@ -276,6 +302,8 @@ def make_plan(
         budget_bytes=budget_bytes,
         knobs=knobs,
         generation=generation,
-        prediction=Prediction(memory=memory.as_dict(), **(throughput or {})),
+        prediction=Prediction(memory=split.total.as_dict(), **(throughput or {})),
+        per_device=split.devices,
+        placement=split.placement,
         provenance=provenance or {},
     )

@@ -1,9 +1,11 @@
 """How fast a plan runs: expected accepted tokens, a latency model, predicted tokens/s.
 
-Step time of speculative decoding with draft length k (DESIGN.md):
+Step time of speculative decoding with draft length k (docs/throughput.md):
     k * t_draft(B, 1) + t_target(B, k + 1)
 and each step yields E[tokens] = (1 - a^(k+1)) / (1 - a) per sequence for an i.i.d. per-token
-acceptance a (Leviathan et al. 2023, eq. 1), or the mean of a measured histogram.
+acceptance a (Leviathan et al. 2023, eq. 1), or the mean of a measured histogram. A target forward
+over N devices visits them one after another: the sum of their forwards plus one hidden-state hop
+per device change (`target_forward_ms`); one device is the N = 1 case.
 
 Latency models share one method, `forward_ms(model, dtype, batch, num_tokens, context)`:
 - `BandwidthLatency`: bytes read / bandwidth (decoding is memory-bound);
@@ -21,11 +23,16 @@ from typing import Protocol, Sequence
 from .errors import SpecMemoError
 from .memory import Knobs, compute_dtype, dtype_bytes, weight_bytes
 from .models import ModelShape
+from .quantities import acceptance_rate
 
 # Per-token acceptance when none is measured or given: the middle of the 0.5-0.9 range that
 # Leviathan et al. (2023, Table 3) report for small drafts of the same family.
 DEFAULT_ACCEPTANCE = 0.7
-MAX_DRAFT_LENGTH = 16  # search bound for k; acceptance^k makes longer drafts pointless
+# The one limit on k that every search shares. Draft token k+1 adds a^(k+1) expected tokens per step:
+# at the default a = 0.7 that is 0.002 past k = 16, far less than the draft forward it costs, and the
+# serving engines' examples stay below it (vLLM, SGLang: 1-8 speculative tokens). An optimum found at
+# the limit is reported as such ("at the limit"), never as a free choice.
+MAX_DRAFT_LENGTH = 16
 
 
 def expected_tokens_per_step(acceptance: float, k: int) -> float:
@@ -91,17 +98,6 @@ def batch_utilisation(distribution: Sequence[float], batch: int, new_tokens: int
     mean_steps = new_tokens / mu
     sigma = math.sqrt(max(var, 0.0) * new_tokens / mu**3)
     return mean_steps / (mean_steps + sigma * expected_max_of_normals(batch))
-
-
-def acceptance_from_histogram(histogram: Sequence[float]) -> float:
-    """Per-token acceptance a: accepted drafts / drafts tried (each step tries drafts until one fails)."""
-    total = float(sum(histogram))
-    k_max = len(histogram) - 1
-    accepted = sum(i * c for i, c in enumerate(histogram))
-    tried = sum(min(i + 1, k_max) * c for i, c in enumerate(histogram))
-    if total <= 0 or tried <= 0:
-        raise SpecMemoError("acceptance histogram is empty")
-    return accepted / tried
 
 
 class LatencyModel(Protocol):
@@ -181,6 +177,10 @@ class SpeedPrediction:
     acceptance_rate: float
     step_ms: float
     plain_step_ms: float
+    verify_ms_per_device: tuple[float, ...] = ()  # one target forward of B x (k+1) tokens, per device
+    decode_ms_per_device: tuple[float, ...] = ()  # one target forward of B x 1 token, per device
+    transfer_ms_per_step: float = 0.0  # hidden-state hops of one verify pass
+    draft_ms: float = 0.0  # one draft forward
 
     def plan_fields(self, latency_source: str, acceptance_source: str) -> dict:
         """The throughput fields of plan.Prediction."""
@@ -196,6 +196,41 @@ def mean_context(knobs: Knobs) -> int:
     return max(1, knobs.max_context // 2)
 
 
+def device_shape(model: ModelShape, share) -> ModelShape | None:
+    """The part of `model` one device holds (a placement.DeviceShare), as a ModelShape the latency models read:
+    its layers, its parameters, and the output layer's vocabulary only where the logits are computed."""
+    if share.num_layers == model.num_layers and share.holds_embedding and share.holds_lm_head:
+        return model
+    if not share.target_params:
+        return None
+    return replace(model, num_layers=share.num_layers, num_params=share.target_params,
+                   vocab_size=model.vocab_size if share.holds_lm_head else 0)
+
+
+def transfer_ms(target: ModelShape, dtype: str, batch: int, num_tokens: int, interconnect_gbps: float | None) -> float:
+    """One hop: the hidden state [B, n, H] in the compute dtype over the link (GB/s); 0 without a link figure."""
+    if not interconnect_gbps:
+        return 0.0
+    nbytes = batch * num_tokens * target.hidden_size * dtype_bytes(compute_dtype(dtype))
+    return nbytes / (interconnect_gbps * 1e9) * 1e3
+
+
+def target_forward_ms(latency, target: ModelShape, dtype: str, batch: int, num_tokens: int, context: int,
+                      split=None, interconnect_gbps: float | None = None) -> tuple[float, tuple[float, ...], float]:
+    """(total ms, ms per device, transfer ms) of one target forward. Without a split (or with one device)
+    the whole model on one device; over N devices run one after another (no pipelining overlap), the sum
+    of each device's forward plus one hidden-state transfer per hop."""
+    if split is None:
+        ms = latency.forward_ms(target, dtype, batch, num_tokens, context)
+        return ms, (ms,), 0.0
+    per_device = []
+    for share in split.devices:
+        shape = device_shape(target, share)
+        per_device.append(0.0 if shape is None else latency.forward_ms(shape, dtype, batch, num_tokens, context))
+    hops = split.placement.hops * transfer_ms(target, dtype, batch, num_tokens, interconnect_gbps)
+    return sum(per_device) + hops, tuple(per_device), hops
+
+
 def predict_speed(
     target: ModelShape,
     draft: ModelShape | None,
@@ -206,28 +241,34 @@ def predict_speed(
     draft_latency: LatencyModel | None = None,
     context: int | None = None,
     new_tokens: int | None = None,
+    split=None,
+    interconnect_gbps: float | None = None,
 ) -> SpeedPrediction:
-    """Tokens/s of the plan and of plain decoding with the same batch and context.
+    """Tokens/s of the plan and of plain decoding with the same batch, context and placement.
     `context`: cached tokens per step, when known (a measured run); else `mean_context`.
     `new_tokens`: tokens each row generates in a static batch; given, a batch > 1 loses the
-    share of row-steps its rows spend waiting for the slowest one (batch_utilisation)."""
+    share of row-steps its rows spend waiting for the slowest one (batch_utilisation).
+    `split`: a placement.DeviceSplit over N devices (None: one device), `interconnect_gbps` its link."""
     B, k = knobs.batch_size, knobs.draft_length
     ctx = context if context is not None else mean_context(knobs)
-    plain_ms = latency.forward_ms(target, knobs.weight_dtype, B, 1, ctx)
+    dtype = knobs.weight_dtype
+    plain_ms, decode, _ = target_forward_ms(latency, target, dtype, B, 1, ctx, split, interconnect_gbps)
     plain = B / plain_ms * 1e3
     if draft is None or k == 0:
-        return SpeedPrediction(plain, plain, 1.0, 1.0, 0.0, plain_ms, plain_ms)
+        return SpeedPrediction(plain, plain, 1.0, 1.0, 0.0, plain_ms, plain_ms, decode, decode)
     if histogram is not None:
         tokens = expected_tokens_from_histogram(histogram, k)
-        acceptance = acceptance_from_histogram(histogram)
+        acceptance = acceptance_rate(histogram)
     else:
         tokens = expected_tokens_per_step(acceptance, k)
     draft_ms = (draft_latency or latency).forward_ms(draft, knobs.draft_dtype, B, 1, ctx)
-    step_ms = k * draft_ms + latency.forward_ms(target, knobs.weight_dtype, B, k + 1, ctx)
+    verify_ms, verify, hops = target_forward_ms(latency, target, dtype, B, k + 1, ctx, split, interconnect_gbps)
+    step_ms = k * draft_ms + verify_ms
     speed = B * tokens / step_ms * 1e3
     if new_tokens:
         speed *= batch_utilisation(tokens_per_step_distribution(k, acceptance, histogram), B, new_tokens)
-    return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms)
+    return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms, verify, decode,
+                           hops, draft_ms)
 
 
 def best_draft_length(target, draft, knobs, latency, k_max=MAX_DRAFT_LENGTH, **speed_kwargs) -> tuple[int, SpeedPrediction]:

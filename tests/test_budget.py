@@ -5,13 +5,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specmemo_plan.budget import (
-    check_weights_fit, fits, largest_batch, largest_context, largest_draft_length, min_budget,
+    check_weights_fit, largest, min_budget,
 )
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.memory import Knobs, breakdown
 from specmemo_plan.models import load_shape
+from specmemo_plan.placement import fits as fits_devices
+from specmemo_plan.quantities import acceptance_rate
 from specmemo_plan.throughput import (
-    BandwidthLatency, RooflineLatency, acceptance_from_histogram, expected_tokens_from_histogram,
+    BandwidthLatency, RooflineLatency, expected_tokens_from_histogram,
     expected_tokens_per_step, predict_speed,
 )
 
@@ -33,7 +35,7 @@ def test_expected_tokens():
 def test_acceptance_recovered_from_geometric_histogram(a):
     k = 6
     hist = [(a ** i) * (1 - a) for i in range(k)] + [a ** k]
-    assert acceptance_from_histogram(hist) == pytest.approx(a)
+    assert acceptance_rate(hist) == pytest.approx(a)
     assert expected_tokens_from_histogram(hist, k) == pytest.approx(expected_tokens_per_step(a, k))
 
 
@@ -79,20 +81,24 @@ def test_min_budget_when_sd_does_not_pay():
         min_budget(TARGET, slow_draft, Knobs(batch_size=1, max_context=1024, draft_length=1), LATENCY, acceptance=0.9)
 
 
+def fits(target, draft, knobs, budget):
+    return fits_devices(target, draft, knobs, [budget])
+
+
 def test_inverse_queries_are_tight():
     knobs = Knobs(batch_size=4, max_context=4096, draft_length=4)
     budget = 24 * 2**30
-    b = largest_batch(TARGET, DRAFT, knobs, budget)
+    b = largest("batch_size", TARGET, DRAFT, knobs, budget)
     assert fits(TARGET, DRAFT, replace(knobs, batch_size=b), budget)
     assert not fits(TARGET, DRAFT, replace(knobs, batch_size=b + 1), budget)
-    c = largest_context(TARGET, DRAFT, knobs, budget)
+    c = largest("max_context", TARGET, DRAFT, knobs, budget)
     assert c == TARGET.max_position_embeddings == 4096  # fits up to the target's limit
-    assert largest_context(TARGET, DRAFT, replace(knobs, batch_size=64), budget) < 2048
-    c = largest_context(TARGET, DRAFT, replace(knobs, batch_size=64), budget)
+    assert largest("max_context", TARGET, DRAFT, replace(knobs, batch_size=64), budget) < 2048
+    c = largest("max_context", TARGET, DRAFT, replace(knobs, batch_size=64), budget)
     assert not fits(TARGET, DRAFT, replace(knobs, batch_size=64, max_context=c + 1), budget)
-    k = largest_draft_length(TARGET, DRAFT, knobs, budget)
+    k = largest("draft_length", TARGET, DRAFT, knobs, budget)
     assert fits(TARGET, DRAFT, replace(knobs, draft_length=k), budget)
-    assert largest_batch(TARGET, DRAFT, knobs, 10 * 2**30) is None  # weights alone exceed 10 GiB
+    assert largest("batch_size", TARGET, DRAFT, knobs, 10 * 2**30) is None  # weights alone exceed 10 GiB
 
 
 def test_budget_below_weights_says_by_how_much():

@@ -1,5 +1,6 @@
 """Exports of a fixed plan to each engine, against hand-written expected settings."""
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,6 @@ from specmemo_plan.export import ENGINES, export_plan, floor3
 from specmemo_plan.memory import Knobs
 from specmemo_plan.models import load_shape
 from specmemo_plan.plan import DeviceSpec, Generation, make_plan
-from specmemo_plan.split import make_split_plan
 
 GiB = 2**30
 OVERHEAD = 512 * 2**20
@@ -30,10 +30,9 @@ def one_gpu_plan():
 def eight_gcd_plan():
     """Llama-2-70B-chat + llama-68m on 8 MI250 GCDs (64 GiB each), batch 10, context 4096, k = 4."""
     knobs = Knobs(batch_size=10, max_context=4096, draft_length=4)
-    plan, _ = make_split_plan("llama-2-70b-chat", load_shape("llama-2-70b-chat"), "llama-68m",
-                              load_shape("llama-68m"), knobs, GCD, [60 * GiB] * 8,
-                              Generation(max_new_tokens=512, sampling="sample", temperature=0.7), OVERHEAD)
-    return plan
+    return make_plan("llama-2-70b-chat", load_shape("llama-2-70b-chat"), "llama-68m", load_shape("llama-68m"),
+                     knobs, dataclasses.replace(GCD, count=8), 60 * GiB,
+                     Generation(max_new_tokens=512, sampling="sample", temperature=0.7), device_overhead_bytes=OVERHEAD)
 
 
 def components(plan):
@@ -158,6 +157,14 @@ def test_hf(one_gpu_plan):
     assert any("no memory cap" in u for u in r.unsupported)
 
 
+def test_one_device_plan_has_no_layer_partition(one_gpu_plan):
+    """A one-device plan has one share holding every layer; the engines get no partition for it."""
+    (share,) = one_gpu_plan.per_device
+    assert share.num_layers == load_shape("llama-2-7b-chat").num_layers
+    assert "env" not in export_plan(one_gpu_plan, "vllm").settings
+    cpp = export_plan(one_gpu_plan, "llama.cpp")
+    assert "tensor_split" not in cpp.settings and "spec_draft_device" not in cpp.settings and "-ts" not in cpp.command
+
 def test_multi_device_exports(eight_gcd_plan):
     vllm = export_plan(eight_gcd_plan, "vllm")
     assert vllm.settings["pipeline_parallel_size"] == 8 and vllm.settings["tensor_parallel_size"] == 1
@@ -175,8 +182,8 @@ def test_multi_device_exports(eight_gcd_plan):
     sgl = export_plan(eight_gcd_plan, "sglang")
     assert sgl.settings["pp_size"] == 8
     # smallest per-device static share: the last GCD holds the lm_head, logits and the draft
-    statics = [e["budget_bytes"] - e["components"]["activations"] - e["components"]["candidate_buffers"]
-               - e["components"]["runtime_overhead"] for e in eight_gcd_plan.per_device]
+    statics = [d.budget_bytes - d.memory.components["activations"] - d.memory.components["candidate_buffers"]
+               - d.memory.components["runtime_overhead"] for d in eight_gcd_plan.per_device]
     assert sgl.settings["mem_fraction_static"] == floor3(min(statics) / (64 * GiB))
     hf = export_plan(eight_gcd_plan, "hf")
     assert hf.settings["draft"]["device_map"] == {"": 7}

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_roundtrip(tmp_path):
     path = write_plan(plan, tmp_path / "plan.json")
     assert read_plan(path) == plan
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["prediction"]["memory"]["components"]["target_kv"] == 2 * 524_288 * 4100
     assert sorted(os.listdir(tmp_path)) == ["plan.json"]  # no temp file left behind
 
@@ -47,7 +48,10 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     "mutate, field",
     [
         (lambda d: d["knobs"].update(batch_size=-1), "knobs.batch_size"),
-        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(schema_version=1), "schema_version"),
+        (lambda d: d["per_device"].append(d["per_device"][0]), "per_device"),
+        (lambda d: d["per_device"][0]["components"].pop("target_kv"), "per_device[0].components.target_kv"),
+        (lambda d: d["placement"].update(policy="random"), "placement.policy"),
         (lambda d: d["target"].pop("fingerprint"), "target.fingerprint"),
         (lambda d: d["device"].update(kind="tpu"), "device.kind"),
         (lambda d: d["generation"].update(sampling="beam"), "generation.sampling"),
@@ -58,7 +62,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 def test_validation_names_the_field(mutate, field):
     data = sample_plan().to_dict()
     mutate(data)
-    with pytest.raises(SpecMemoError, match=field.replace(".", r"\.")):
+    with pytest.raises(SpecMemoError, match=re.escape(field)):
         Plan.from_dict(data)
 
 

@@ -9,19 +9,9 @@ import pytest
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.memory import COMPONENTS, Knobs, breakdown, kv_cache_bytes, weight_bytes
 from specmemo_plan.models import load_preset_config, load_shape
-from specmemo_plan.split import (
-    NO_SPLIT_CLASSES,
-    accelerate_device_map,
-    device_map_from_plan,
-    fits_split,
-    layout,
-    largest_split,
-    make_split_plan,
-    min_budget_split,
-    predict_split_speed,
-    resolve,
-    split_layers,
-)
+from specmemo_plan.budget import largest, min_budget
+from specmemo_plan.placement import NO_SPLIT_CLASSES, accelerate_device_map, engine_device_maps, layout, resolve, split_layers
+from specmemo_plan.placement import fits as fits_split
 from specmemo_plan.throughput import BandwidthLatency, RooflineLatency, predict_speed
 
 GiB = 2**30
@@ -138,8 +128,9 @@ def test_plan_max_memory_makes_accelerate_place_the_same(target, draft, knobs, p
     t, d = load_shape(target), load_shape(draft) if draft else None
     for n in (2, 3, 5, 8):
         split = split_layers(t, d, knobs, fitting_budgets(t, d, knobs, n), OVERHEAD, policy)
-        assert split.max_memory is not None
-        assert infer(target, knobs.weight_dtype, [split.max_memory[i] for i in range(n)]) == split.device_map
+        assert split.placement.max_memory is not None
+        limits = [split.placement.max_memory[i] for i in range(n)]
+        assert infer(target, knobs.weight_dtype, limits) == split.placement.device_map
 
 
 @pytest.mark.parametrize("target,draft,knobs", PAIRS)
@@ -148,13 +139,14 @@ def test_one_device_is_memory_breakdown(target, draft, knobs):
     single = breakdown(t, d, knobs, OVERHEAD)
     split = split_layers(t, d, knobs, [single.total_bytes], OVERHEAD)
     assert split.devices[0].memory.components == single.components
-    assert split.device_map == {"": 0} and split.hops == 0 and split.used_devices == 1
-    assert split.draft_device == (0 if d else None)
-    assert sum(split.duplicates.values()) == 0
-    with pytest.raises(SpecMemoError, match="does not fit"):
-        split_layers(t, d, knobs, [single.total_bytes - 1], OVERHEAD)
+    assert split.placement.device_map == {"": 0} and split.placement.hops == 0 and split.used_devices == 1
+    assert split.placement.draft_device == (0 if d else None)
+    assert sum(split.placement.duplicates.values()) == 0
+    assert split.fits and not split_layers(t, d, knobs, [single.total_bytes - 1], OVERHEAD).fits
+    assert fits_split(t, d, knobs, [single.total_bytes], OVERHEAD)
+    assert not fits_split(t, d, knobs, [single.total_bytes - 1], OVERHEAD)
     latency = RooflineLatency(bandwidth_gbps=936.0, peak_tflops=71.0)
-    assert predict_split_speed(split, t, d, knobs, latency, interconnect_gbps=31.5).speed == \
+    assert predict_speed(t, d, knobs, latency, split=split, interconnect_gbps=31.5) == \
         predict_speed(t, d, knobs, latency)
 
 
@@ -168,8 +160,8 @@ def test_per_device_totals_add_up(target, draft, knobs, policy):
         split = split_layers(t, d, knobs, fitting_budgets(t, d, knobs, n), OVERHEAD, policy)
         total = split.total
         for name in COMPONENTS:
-            assert total.components[name] == single.components[name] + split.duplicates.get(name, 0), name
-        assert split.duplicates["runtime_overhead"] == (split.used_devices - 1) * OVERHEAD
+            assert total.components[name] == single.components[name] + split.placement.duplicates.get(name, 0), name
+        assert split.placement.duplicates["runtime_overhead"] == (split.used_devices - 1) * OVERHEAD
         for share in split.devices:
             assert share.memory.total_bytes <= share.budget_bytes
         if policy == "balanced":
@@ -186,17 +178,17 @@ def test_draft_sits_with_the_logits():
     knobs = PAIRS[0][2]
     split = split_layers(t, d, knobs, [64 * GiB] * 8, OVERHEAD)
     last = split.devices[-1]
-    assert split.draft_device == split.head_device == 7 and last.holds_draft and last.holds_lm_head
+    assert split.placement.draft_device == split.placement.head_device == 7 and last.holds_draft and last.holds_lm_head
     assert last.memory.components["draft_weights"] == weight_bytes(d, "fp16")
     assert split.devices[0].holds_embedding and split.devices[0].layers[0] == 0
-    assert resolve(split.device_map, "lm_head") == 7 and resolve(split.device_map, "model.norm") == 7
-    assert split.hops == 7
+    assert resolve(split.placement.device_map, "lm_head") == 7 and resolve(split.placement.device_map, "model.norm") == 7
+    assert split.placement.hops == 7
     # tied output layer: logits (and the draft) on the embedding's device, the hidden state travels back
     t2, d2 = load_shape("smollm2-360m-instruct"), load_shape("smollm2-135m-instruct")
     k2 = PAIRS[2][2]
     tied = split_layers(t2, d2, k2, fitting_budgets(t2, d2, k2, 3), OVERHEAD)
-    assert tied.head_device == tied.draft_device == 0 and resolve(tied.device_map, "lm_head") == 0
-    assert tied.hops == 3
+    assert tied.placement.head_device == tied.placement.draft_device == 0
+    assert resolve(tied.placement.device_map, "lm_head") == 0 and tied.placement.hops == 3
 
 
 def test_seventy_b_on_eight_gcds_by_hand():
@@ -223,7 +215,7 @@ def test_fits_and_largest_do_not_depend_on_policy():
     knobs = replace(PAIRS[0][2], batch_size=4)
     budgets = [40 * GiB] * 4  # 4 x A100-40GB
     assert fits_split(t, d, knobs, budgets, OVERHEAD)
-    batch = largest_split("batch_size", t, d, knobs, budgets, OVERHEAD)
+    batch = largest("batch_size", t, d, knobs, budgets[0], OVERHEAD, devices=len(budgets))
     assert batch == 9
 
     for policy in ("balanced", "sequential"):
@@ -238,43 +230,50 @@ def test_split_throughput_sums_devices_and_hops():
     knobs = PAIRS[0][2]
     split = split_layers(t, d, knobs, [64 * GiB] * 8, OVERHEAD)
     latency = BandwidthLatency(1638.4)
-    got = predict_split_speed(split, t, d, knobs, latency, interconnect_gbps=31.5)
+    got = predict_speed(t, d, knobs, latency, split=split, interconnect_gbps=31.5)
     whole = latency.forward_ms(t, "fp16", 10, 5, 2048)  # bytes add up, so the sum is the one-device forward
     assert sum(got.verify_ms_per_device) == pytest.approx(whole, rel=1e-12)
     assert got.transfer_ms_per_step == pytest.approx(7 * 10 * 5 * 8192 * 2 / 31.5e9 * 1e3)
-    assert got.speed.step_ms == pytest.approx(4 * got.draft_ms + whole + got.transfer_ms_per_step)
-    no_link = predict_split_speed(split, t, d, knobs, latency)
-    assert no_link.speed.tokens_per_s > got.speed.tokens_per_s
+    assert got.step_ms == pytest.approx(4 * got.draft_ms + whole + got.transfer_ms_per_step)
+    no_link = predict_speed(t, d, knobs, latency, split=split)
+    assert no_link.tokens_per_s > got.tokens_per_s
+    # a static batch waits for its slowest row on N devices as on one (the same predict_speed)
+    waiting = predict_speed(t, d, knobs, latency, split=split, interconnect_gbps=31.5, new_tokens=256)
+    assert waiting.tokens_per_s < got.tokens_per_s
 
 
 def test_min_budget_split_is_a_boundary():
     t, d = load_shape("llama-2-7b-chat"), load_shape("llama-68m")
     knobs = Knobs(batch_size=1, max_context=2048, draft_length=1)
     latency = RooflineLatency(bandwidth_gbps=1008.0, peak_tflops=165.2)
-    budget, k, split, speed = min_budget_split(t, d, knobs, latency, 2, OVERHEAD, interconnect_gbps=31.5, k_max=6)
+    result = min_budget(t, d, knobs, latency, k_max=6, device_overhead_bytes=OVERHEAD, devices=2, interconnect_gbps=31.5)
+    budget, k = result.total_bytes, result.draft_length
     from dataclasses import replace
 
     kk = replace(knobs, draft_length=k)
-    assert speed.speed.speedup > 1 and fits_split(t, d, kk, [budget] * 2, OVERHEAD)
+    assert result.speed.speedup > 1 and fits_split(t, d, kk, [budget] * 2, OVERHEAD)
     assert not fits_split(t, d, kk, [budget - 1] * 2, OVERHEAD)
 
 
 def test_split_plan_round_trip(tmp_path):
-    from specmemo_plan.plan import DeviceSpec, Generation, read_plan, write_plan
+    from specmemo_plan.plan import DeviceSpec, Generation, make_plan, read_plan, write_plan
 
     t, d = load_shape("llama-2-70b-chat"), load_shape("llama-68m")
     knobs = PAIRS[0][2]
-    device = DeviceSpec(kind="rocm", name="AMD Instinct MI250 (one GCD)", total_memory_bytes=64 * GiB, profile="mi250-gcd")
-    plan, split = make_split_plan("llama-2-70b-chat", t, "llama-68m", d, knobs, device, [64 * GiB] * 8,
-                                  Generation(max_new_tokens=256), OVERHEAD)
+    device = DeviceSpec(kind="rocm", name="AMD Instinct MI250 (one GCD)", total_memory_bytes=64 * GiB,
+                        profile="mi250-gcd", count=8)
+    plan = make_plan("llama-2-70b-chat", t, "llama-68m", d, knobs, device, 64 * GiB, Generation(max_new_tokens=256),
+                     device_overhead_bytes=OVERHEAD)
+    split = split_layers(t, d, knobs, [64 * GiB] * 8, OVERHEAD)
     path = write_plan(plan, tmp_path / "plan.json")
     back = read_plan(path)
     assert back.device.count == 8 and len(back.per_device) == 8
     assert back.prediction.memory["total_bytes"] == split.total.total_bytes
-    assert all(entry["total_bytes"] <= entry["budget_bytes"] for entry in back.per_device)
-    target_map, draft_map, max_memory = device_map_from_plan(back)
-    assert target_map == split.device_map and draft_map == {"": 7}
-    assert max_memory == split.max_memory
+    assert back.per_device == split.devices and back.placement == split.placement
+    assert all(entry.memory.total_bytes <= entry.budget_bytes for entry in back.per_device)
+    target_map, draft_map, max_memory = engine_device_maps(back.placement, True)
+    assert target_map == split.placement.device_map and draft_map == {"": 7}
+    assert max_memory == split.placement.max_memory
     json.dumps(split.as_dict())  # serialisable
 
 
@@ -314,7 +313,7 @@ def test_cli_plan_and_min_budget_with_devices(tmp_path):
     result = cli_run("plan", *SEVENTY, "--devices", "8", "--profile", "mi250-gcd", "-b", "10", "-k", "4", "-o", str(out))
     assert result.exit_code == 0, result.output
     plan = read_plan(out)
-    assert plan.device.count == 8 and [e["num_layers"] for e in plan.per_device] == [10] * 8
+    assert plan.device.count == 8 and [e.num_layers for e in plan.per_device] == [10] * 8
     assert plan.prediction.tokens_per_s > plan.prediction.plain_tokens_per_s
     mb = json.loads(cli_run("min-budget", *SEVENTY, "--devices", "2", "--profile", "rtx-4090", "--dtype", "int4",
                             "-c", "2048", "--json").stdout)
@@ -324,15 +323,16 @@ def test_cli_plan_and_min_budget_with_devices(tmp_path):
 
 def test_cli_devices_without_profile_uses_the_probe(monkeypatch):
     import specmemo_plan.hardware as hardware
+    import specmemo_plan.hardware.probe as probe
 
     cpu_only = hardware.ProbedDevice(index=0, backend="cpu", name="cpu", total_memory_bytes=64 * GiB,
                                      free_memory_bytes=None, details={}, source="procfs")
-    monkeypatch.setattr(hardware, "probe_devices", lambda **kw: ([cpu_only], []))
+    monkeypatch.setattr(probe, "probe_devices", lambda **kw: ([cpu_only], []))
     result = cli_run("estimate", *SEVENTY, "--devices", "2")
     assert result.exit_code == 1 and "needs 2 GPUs" in result.output and "--profile" in result.output
     gpu = hardware.ProbedDevice(index=0, backend="cuda", name="NVIDIA A100-SXM4-40GB",
                                 total_memory_bytes=42949672960, free_memory_bytes=None, details={}, source="nvml",
                                 profile_key="a100-40gb")
-    monkeypatch.setattr(hardware, "probe_devices", lambda **kw: ([gpu] * 4 + [cpu_only], []))
+    monkeypatch.setattr(probe, "probe_devices", lambda **kw: ([gpu] * 4 + [cpu_only], []))
     data = json.loads(cli_run("estimate", *SEVENTY, "--devices", "4", "-b", "2", "--json").stdout)
     assert data["profile"] == "a100-40gb" and data["split"]["used_devices"] == 4

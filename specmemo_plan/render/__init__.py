@@ -1,4 +1,5 @@
-"""Render numbers the commands gathered: tabulate tables for people, dicts for --json.
+"""Every table the project prints, in one style: the primitives here, the tables per area in planner.py
+(calculator commands) and workflow.py (profile, tune, verify, the engine's runs).
 
 Nothing here computes a result; tests assert on the numbers, not on these tables.
 """
@@ -7,8 +8,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .memory import COMPONENTS, MemoryBreakdown
-from .units import format_bytes
+from ..memory import COMPONENTS, MemoryBreakdown
+from ..units import format_bytes
 
 
 def table(rows, headers, **kwargs) -> str:

@@ -1,0 +1,264 @@
+"""The calculator commands: presets, estimate, min-budget, fit, plan. No torch, no transformers.
+
+Every command that takes a model takes `--devices N` and `--split-policy` in its own definition: the
+plan is placed over N devices (placement/), and one device is N = 1 of the same path.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import click
+
+from .. import budget as budget_mod
+from ..errors import SpecMemoError
+from ..memory import KV_DTYPES, WEIGHT_DTYPES, Knobs, breakdown
+from ..models import check_pair, list_presets, load_preset_config, load_shape
+from ..placement import DEFAULT_POLICY, POLICIES, split_layers
+from ..render import planner as render
+from ..units import format_bytes
+from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
+from .options import apply, budget_option, emit, json_option, positive, user_errors
+
+DEFAULT_DRAFT_LENGTH = 4  # a common default (vLLM's examples, HF assisted generation starts at 5)
+
+
+def model_options(func):
+    """Options every calculator command shares."""
+    return apply([
+        click.option("--target", "-t", required=True, help="Preset name, bundled:NAME, config.json, model folder or .gguf."),
+        click.option("--draft", "-d", default=None, help="Draft model, same forms as --target. Omit for plain decoding."),
+        click.option("--draft-length", "-k", type=int, default=None, help="Draft tokens per step (default 4 with a draft)."),
+        click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive),
+        click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive,
+                     help="Tokens per sequence: prompt + generated."),
+        click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True, help="Target weights."),
+        click.option("--draft-dtype", type=click.Choice(WEIGHT_DTYPES), default=None, help="Draft weights (default: --dtype)."),
+        click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="KV cache (default: the compute dtype)."),
+        click.option("--prefill-chunk", type=int, default=None, callback=positive, help="Prompt tokens per prefill forward (default 512)."),
+        click.option("--profile", "-p", "profile_name", default=None, help="Hardware profile (see `devices --profiles`)."),
+        click.option("--devices", "num_devices", type=int, default=1, show_default=True, callback=positive,
+                     help="Split the target layer-wise over N devices of the --profile's kind (or this machine's GPUs)."),
+        click.option("--split-policy", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
+                     help="With --devices: spread layers over every device (balanced) or fill device 0 first (sequential)."),
+        json_option,
+    ], func)
+
+
+def speed_options(func):
+    return apply([
+        click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=None,
+                     help=f"Per-token acceptance rate of the draft  [default: {DEFAULT_ACCEPTANCE}, assumed]"),
+        click.option("--bandwidth", "bandwidth_gbps", type=float, default=100.0, show_default=True, callback=positive,
+                     help="GB/s for the bandwidth latency model when no --profile is given."),
+    ], func)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a calculator command works on: the models, the knobs and the devices."""
+
+    target: object  # ModelShape
+    draft: object | None
+    knobs: Knobs
+    devices: int
+    policy: str
+    device: object | None  # hardware.LocalDevice: None when no device was named and N = 1
+    overhead: int  # one device's runtime overhead
+
+    @property
+    def profile(self):
+        return self.device.profile if self.device else None
+
+    @property
+    def link_gbps(self) -> float | None:
+        return self.profile.interconnect_bandwidth_gbps if self.profile else None
+
+    def latency(self, bandwidth_gbps: float):
+        """Roofline of the profile, else the bandwidth model (the speedup does not depend on its value)."""
+        if self.profile is not None:
+            return roofline_from_profile(self.profile, self.knobs.weight_dtype)
+        return BandwidthLatency(bandwidth_gbps)
+
+    def head(self) -> str:
+        t, d, k = self.target, self.draft, self.knobs
+        text = f"{t.name} + {d.name} (k={k.draft_length})" if d else f"{t.name} (plain decoding)"
+        text += f", batch {k.batch_size}, context {k.max_context}"
+        if self.devices > 1:
+            text += f", on {self.devices} x {self.device.spec.name} ({format_bytes(self.device.memory_bytes)} each)"
+        return text
+
+
+def gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+           profile_name, num_devices=1, split_policy=DEFAULT_POLICY, need_device=False) -> Setup:
+    """Models, knobs and devices; a device is resolved when named, when N > 1, or when the command needs one."""
+    from ..hardware import this_device
+
+    target_shape = load_shape(target)
+    draft_shape = load_shape(draft) if draft else None
+    check_pair(target_shape, draft_shape)
+    if draft_length is None:
+        draft_length = DEFAULT_DRAFT_LENGTH if draft_shape else 0
+    knobs = Knobs(
+        batch_size=batch, max_context=context, draft_length=draft_length, weight_dtype=dtype,
+        draft_weight_dtype=draft_dtype, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
+    ).validate(has_draft=draft_shape is not None)
+    if context > target_shape.max_position_embeddings:
+        raise SpecMemoError(
+            f"context {context} exceeds the target's {target_shape.max_position_embeddings} positions",
+            f"use --context {target_shape.max_position_embeddings} or less",
+        )
+    if draft_shape and context > draft_shape.max_position_embeddings:
+        click.echo(f"note: the draft was trained for {draft_shape.max_position_embeddings} positions; "
+                   "its acceptance may drop past them", err=True)
+    device = None
+    if profile_name or num_devices > 1 or need_device:
+        device = this_device(profile_name=profile_name, count=num_devices)
+    overhead = device.profile.runtime_overhead_bytes if device and device.profile else 0
+    return Setup(target_shape, draft_shape, knobs, num_devices, split_policy, device, overhead)
+
+
+def acceptance_given(acceptance: float | None) -> tuple[float, str]:
+    return (DEFAULT_ACCEPTANCE, "assumed") if acceptance is None else (acceptance, "given")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@click.command()
+@json_option
+@user_errors
+def presets(as_json):
+    """List the bundled model presets (real config.json files, no weights)."""
+    rows = []
+    for name in list_presets():
+        shape = load_shape(name)
+        rows.append({
+            "name": name, "source": load_preset_config(name).get("_specmemo_source", ""), "model_type": shape.model_type,
+            "num_params": shape.num_params, "num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads,
+            "head_dim": shape.head_dim, "vocab_size": shape.vocab_size,
+            "kv_bytes_per_token_fp16": shape.kv_bytes_per_token_per_element * 2,
+        })
+    emit({"presets": rows}, as_json, lambda: render.presets(rows))
+
+
+@click.command()
+@model_options
+@user_errors
+def estimate(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+             num_devices, split_policy, as_json):
+    """Memory needed, component by component (plain decoding without --draft)."""
+    s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+               profile_name, num_devices, split_policy)
+    single = breakdown(s.target, s.draft, s.knobs, s.overhead)
+    budget = s.device.memory_bytes if s.device else single.total_bytes
+    split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
+    data = dict(split.total.as_dict(), knobs=s.knobs.__dict__, profile=s.profile.key if s.profile else None,
+                num_devices=s.devices)
+    if s.device is not None:
+        data.update(device_memory_bytes=s.device.memory_bytes, fits=split.fits)
+    if s.devices > 1:
+        data.update(single_device_total_bytes=single.total_bytes, split=split.as_dict())
+    emit(data, as_json, lambda: render.estimate(s.head(), split.total, split, single.total_bytes, s.profile,
+                                                data.get("fits")))
+
+
+@click.command("min-budget")
+@model_options
+@speed_options
+@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Keep at least this share of the best SD throughput (e.g. 0.96) instead of any speedup.")
+@user_errors
+def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+                   profile_name, num_devices, split_policy, as_json, acceptance, bandwidth_gbps, retain):
+    """Smallest memory (per device) at which speculative decoding still beats plain decoding."""
+    if not draft:
+        raise click.UsageError("min-budget needs --draft: it is the budget under which SD still pays")
+    s = gather(target, draft, draft_length or 1, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+               profile_name, num_devices, split_policy)
+    acceptance, acceptance_source = acceptance_given(acceptance)
+    latency = s.latency(bandwidth_gbps)
+    result = budget_mod.min_budget(s.target, s.draft, s.knobs, latency, retain=retain, device_overhead_bytes=s.overhead,
+                                   devices=s.devices, interconnect_gbps=s.link_gbps, policy=s.policy,
+                                   acceptance=acceptance)
+    speed = result.speed
+    data = {
+        "min_budget_bytes": result.total_bytes, "min_budget_bytes_per_device": result.total_bytes,
+        "num_devices": s.devices, "draft_length": result.draft_length, "predicted_speedup": speed.speedup,
+        "tokens_per_s": speed.tokens_per_s, "plain_tokens_per_s": speed.plain_tokens_per_s,
+        "plain_total_bytes": result.plain_total_bytes, "acceptance": acceptance, "acceptance_source": acceptance_source,
+        "retain": retain, "latency_source": latency.source, "interconnect_gbps": s.link_gbps,
+        "memory": result.memory.as_dict(), "split": result.split.as_dict(),
+    }
+    emit(data, as_json, lambda: render.min_budget(result, latency.source, acceptance, s.devices))
+
+
+@click.command()
+@model_options
+@budget_option(required=True)
+@user_errors
+def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+        num_devices, split_policy, as_json, budget):
+    """What fits a budget (per device): the largest batch, context and draft length, each with the others fixed."""
+    s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+               profile_name, num_devices, split_policy)
+    budget_mod.check_weights_fit(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
+    try:
+        split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
+    except SpecMemoError:  # over several devices, a plan the walk cannot place does not fit
+        split = None
+    fits = split is not None and split.fits
+
+    def largest(knob):
+        return budget_mod.largest(knob, s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
+
+    data = {
+        "budget_bytes": budget, "num_devices": s.devices, "fits": fits,
+        "total_bytes": split.total.total_bytes if split else None,
+        "headroom_bytes": min(d.headroom_bytes for d in split.devices) if split else None,
+        "largest_batch": largest("batch_size"), "largest_context": largest("max_context"),
+        "largest_draft_length": largest("draft_length"), "draft_length_limit": MAX_DRAFT_LENGTH,
+        "model_max_context": budget_mod.knob_limit("max_context", s.target),
+        "split": split.as_dict() if split else None,
+    }
+    emit(data, as_json, lambda: render.fit(data, s.knobs, s.draft is not None, s.devices, MAX_DRAFT_LENGTH, split))
+
+
+@click.command()
+@model_options
+@budget_option(required=False)
+@speed_options
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
+@click.option("--sampling", type=click.Choice(["greedy", "sample"]), default="greedy", show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, callback=positive)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
+@user_errors
+def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+         num_devices, split_policy, as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling,
+         temperature, seed, output):
+    """Write a plan file from explicit knobs (no profiling; `tune` measures instead). --budget is per device."""
+    from .. import plan as plan_mod
+
+    s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+               profile_name, num_devices, split_policy, need_device=True)
+    budget = budget or s.device.memory_bytes
+    budget_mod.check_weights_fit(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
+    acceptance, acceptance_source = acceptance_given(acceptance)
+    latency = s.latency(bandwidth_gbps)
+    split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
+    speed = predict_speed(s.target, s.draft, s.knobs, latency, acceptance=acceptance, split=split,
+                          interconnect_gbps=s.link_gbps)
+    p = plan_mod.make_plan(
+        target, s.target, draft, s.draft, s.knobs, s.device.spec, budget,
+        generation=plan_mod.Generation(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, seed=seed),
+        device_overhead_bytes=s.overhead, throughput=speed.plan_fields(latency.source, acceptance_source),
+        provenance={"command": "specmemo-plan plan", "argv": sys.argv[1:], "method": "explicit knobs, predicted"},
+        policy=s.policy,
+    )
+    path = plan_mod.write_plan(p, output)
+    single = breakdown(s.target, s.draft, s.knobs, s.overhead).total_bytes
+    emit({"plan": str(path), **p.to_dict()}, as_json,
+         lambda: render.plan(path, p, split, single, speed, latency.source, acceptance_source, s.link_gbps))
+

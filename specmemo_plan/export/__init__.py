@@ -1,0 +1,44 @@
+"""Plan -> the settings that reproduce it in another engine: vLLM, SGLang, llama.cpp, TensorRT-LLM, HF generate.
+
+Each exporter names the engine version whose documentation its option names were checked against (the
+`*_VERSION` and `*_DOCS` constants in its module) and lists, in `unsupported`, every part of the plan that
+engine cannot express. Nothing here imports an engine: the output is settings and a command line.
+
+- `facts.py`: what the exporters share: the plan's facts read once, the memory fractions (how each engine's
+  fraction follows from the per-device budget), `ExportResult`, the flag formatting;
+- `vllm.py`, `sglang.py`, `llamacpp.py`, `trtllm.py`, `hf.py`: one exporter per engine, with its version.
+
+Pure Python: no torch at import.
+"""
+
+from __future__ import annotations
+
+from ..errors import SpecMemoError, close_names
+from ..plan import Plan
+from .facts import ExportResult, _facts, floor3, model_id
+from .hf import HF_DOCS, HF_VERSION, _hf
+from .llamacpp import LLAMACPP_DOCS, LLAMACPP_VERSION, _llamacpp
+from .sglang import SGLANG_DOCS, SGLANG_VERSION, _sglang
+from .trtllm import TRTLLM_DOCS, TRTLLM_VERSION, _trtllm
+from .vllm import VLLM_DOCS, VLLM_VERSION, _vllm
+
+ENGINES = ("vllm", "sglang", "llama.cpp", "trtllm", "hf")
+_EXPORTERS = {"vllm": _vllm, "sglang": _sglang, "llama.cpp": _llamacpp, "trtllm": _trtllm, "hf": _hf}
+# other spellings people type for the same engines
+_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "tensorrt-llm": "trtllm", "transformers": "hf",
+            "tensorrt_llm": "trtllm"}
+
+__all__ = [
+    "ENGINES", "ExportResult", "export_plan", "floor3", "model_id",
+    "HF_DOCS", "HF_VERSION", "LLAMACPP_DOCS", "LLAMACPP_VERSION", "SGLANG_DOCS", "SGLANG_VERSION",
+    "TRTLLM_DOCS", "TRTLLM_VERSION", "VLLM_DOCS", "VLLM_VERSION",
+]
+
+
+def export_plan(plan: Plan, engine: str) -> ExportResult:
+    """The settings that reproduce `plan` in `engine` (one of ENGINES; "llamacpp" and "llama-cpp" also work)."""
+    key = engine.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in ENGINES:
+        raise SpecMemoError(f"unknown engine '{engine}'", close_names(key, ENGINES))
+    return _EXPORTERS[key](_facts(plan))

@@ -1,0 +1,83 @@
+"""The plan as `llama-server` options: GGUF files, a draft through --spec-type draft-simple, the layer split
+through --tensor-split."""
+
+from __future__ import annotations
+
+from .facts import ExportResult, _Facts, _flags
+
+# llama.cpp b9245 (May 2026): llama-server after the speculative-parameter rename (ggml-org/llama.cpp
+# PR #22397 and #22964): --spec-type draft-simple, --spec-draft-model (-md), --spec-draft-n-max/-n-min,
+# --spec-draft-ngl (-ngld); --draft-max/--draft-min/-cd were removed. tools/server/README.md:
+#   https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md
+LLAMACPP_VERSION = "llama.cpp b9245"
+LLAMACPP_DOCS = (
+    "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md",
+    "https://github.com/ggml-org/llama.cpp/pull/22397",
+)
+
+
+def _gguf(ref: str) -> str:
+    """The GGUF file a Hugging Face model converts to: its last path part, or the path if it is one."""
+    return ref if ref.endswith(".gguf") else ref.rstrip("/").split("/")[-1] + ".gguf"
+
+
+def _llamacpp(f: _Facts) -> ExportResult:
+    unsupported, notes = [], []
+    cache = {"fp16": "f16", "bf16": "bf16", "fp32": "f32", "int8": "q8_0", "fp8": "q8_0"}[f.kv_dtype]
+    if f.kv_dtype == "fp8":
+        unsupported.append("fp8 KV cache: llama.cpp has no fp8 cache type; q8_0 (8.5 bits per value) is the "
+                           "closest and takes about 6% more than the plan's KV")
+    if f.kv_dtype == "int8":
+        notes.append("int8 KV -> q8_0: blocks of 32 values with one fp16 scale (8.5 bits per value)")
+    gguf_types = {"fp16": "F16", "bf16": "BF16", "fp32": "F32", "int8": "Q8_0", "int4": "Q4_0", "fp8": None}
+    target, draft = _gguf(f.target), _gguf(f.draft) if f.draft else None
+    if not f.target.endswith(".gguf") or (f.draft and not f.draft.endswith(".gguf")):
+        notes.append("llama.cpp loads GGUF files: convert the Hugging Face models with convert_hf_to_gguf.py "
+                     f"(--outtype {gguf_types.get(f.weight_dtype) or 'f16'}) and pass their paths")
+    if f.weight_dtype == "fp8" or (f.draft_dtype == "fp8"):
+        unsupported.append("fp8 weights: GGUF has no fp8 type; use Q8_0")
+    if f.weight_dtype == "int4":
+        notes.append("int4 -> Q4_0 (4.5 bits per weight); the plan's int4 counts GPTQ-style groups of 128")
+    total_ctx = f.batch * f.context
+    ngl = 0 if f.kind == "cpu" else "all"  # layers offloaded to the GPU: all of them, none on a CPU plan
+    settings = {"model": target}
+    if f.draft:
+        settings.update({"spec_type": "draft-simple", "spec_draft_model": draft, "spec_draft_n_max": f.k,
+                         "spec_draft_n_min": f.k, "spec_draft_p_min": 0.0,
+                         "spec_draft_sampling": "greedy" if f.greedy else "probabilistic",
+                         "spec_draft_ngl": ngl, "cache_type_k_draft": cache, "cache_type_v_draft": cache})
+    settings.update({"ctx_size": total_ctx, "parallel": f.batch, "n_gpu_layers": ngl, "cache_type_k": cache,
+                     "cache_type_v": cache, "batch_size": f.batch * f.chunk, "ubatch_size": f.batch * f.chunk,
+                     "fit": "off", "n_predict": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature,
+                     "seed": f.seed})
+    backend = "ROCm" if f.kind == "rocm" else "CUDA"
+    if f.num_devices > 1:  # one device holds every layer: no split to give
+        settings["split_mode"] = "layer"
+        settings["tensor_split"] = ",".join(str(n) for n in f.layers_per_device)
+        if f.draft:
+            settings["spec_draft_device"] = f"{backend}{f.draft_device}"
+        notes.append("--tensor-split takes proportions: the plan's decoder layers per device; llama.cpp puts the "
+                     "output layer on the last device as the plan does")
+    notes.append(f"-c is the KV of all {f.batch} slots together: {f.batch} x {f.context} = {total_ctx} tokens")
+    if f.draft:
+        notes.append(f"--spec-draft-n-min {f.k} with --spec-draft-p-min 0 keeps k = {f.k} every step, as the plan "
+                     "(llama.cpp would otherwise stop drafting early on low draft confidence)")
+    unsupported.append("memory budget: llama.cpp has no memory cap; with --fit off it allocates what -c, -np and "
+                       "the batch sizes ask, so the plan's total holds only as far as its GGUF sizes match")
+    unsupported.append("draft context: builds since b9145 give the draft the target's context (no -cd); the plan's "
+                       "draft KV assumes the same context, so nothing is lost")
+    flags = [("-m", target)]
+    if f.draft:
+        flags += [("--spec-type", "draft-simple"), ("-md", draft), ("--spec-draft-n-max", f.k),
+                  ("--spec-draft-n-min", f.k), ("--spec-draft-p-min", 0.0),
+                  ("--spec-draft-sampling", settings["spec_draft_sampling"]), ("-ngld", ngl),
+                  ("-ctkd", cache), ("-ctvd", cache)]
+        if "spec_draft_device" in settings:
+            flags.append(("-devd", settings["spec_draft_device"]))
+    flags += [("-c", total_ctx), ("-np", f.batch), ("-ngl", ngl), ("-ctk", cache), ("-ctv", cache),
+              ("-b", f.batch * f.chunk), ("-ub", f.batch * f.chunk)]
+    if "tensor_split" in settings:
+        flags += [("-sm", "layer"), ("-ts", settings["tensor_split"])]
+    flags += [("--fit", "off"), ("-n", f.max_new_tokens), ("--temp", settings["temperature"]), ("-s", f.seed)]
+    command = "llama-server \\\n  " + _flags(flags)
+    return ExportResult("llama.cpp", LLAMACPP_VERSION, settings, command, unsupported, notes, LLAMACPP_DOCS)

@@ -1,0 +1,73 @@
+"""The plan as `sglang.launch_server` options: a small draft LLM through STANDALONE speculative decoding."""
+
+from __future__ import annotations
+
+from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction
+
+# SGLang 0.5.10. STANDALONE speculative decoding (a small draft LLM) and the server arguments:
+#   https://docs.sglang.io/advanced_features/speculative_decoding.html (Standalone Speculative Decoding)
+#   https://docs.sglang.io/advanced_features/server_arguments.html
+SGLANG_VERSION = "SGLang 0.5.10"
+SGLANG_DOCS = (
+    "https://docs.sglang.io/advanced_features/speculative_decoding.html",
+    "https://docs.sglang.io/advanced_features/server_arguments.html",
+)
+
+
+def _sglang(f: _Facts) -> ExportResult:
+    unsupported, notes = [], []
+    _needs_gpu(f, "SGLang", unsupported)
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8_e4m3"}.get(f.kv_dtype)
+    if f.kv_dtype == "int8":
+        unsupported.append("int8 KV cache: not among SGLang's --kv-cache-dtype choices (auto, fp8_e5m2, fp8_e4m3, "
+                           "bf16, fp4_e2m1); 'auto' keeps the model dtype")
+        kv = "auto"
+    dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
+    _float_dtype_note(f, "SGLang", unsupported)
+    settings = {"model_path": f.target}
+    if f.draft:
+        settings.update({
+            "speculative_algorithm": "STANDALONE",
+            "speculative_draft_model_path": f.draft,
+            "speculative_num_steps": f.k,  # draft depth: k draft forwards
+            "speculative_eagle_topk": 1,  # one candidate per step: a chain, as the plan drafts
+            "speculative_num_draft_tokens": f.k + 1,  # verified per step: k drafts + 1 (topk 1 => num_steps + 1)
+        })
+    settings.update({
+        "mem_fraction_static": _static_fraction(f),
+        "max_running_requests": f.batch,
+        "context_length": f.context,
+        "chunked_prefill_size": f.batch * f.chunk,
+        "tp_size": 1,
+        "pp_size": f.num_devices,
+        "dtype": dtype,
+        "kv_cache_dtype": kv,
+        "random_seed": f.seed,
+    })
+    if f.weight_dtype == "fp8":
+        settings["quantization"] = "fp8"
+    settings["request"] = {"max_new_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
+    notes.append(f"mem_fraction_static = (budget - activations - candidate buffers - runtime overhead) / device "
+                 f"memory = {settings['mem_fraction_static']} (weights + KV pool; rounded down to 0.001)")
+    unsupported.append("total memory: SGLang caps only its static part (weights + KV pool); activations and CUDA "
+                       "graphs come on top, unbounded by the plan")
+    unsupported.append("KV sizing: the KV pool is what mem_fraction_static leaves after the weights, in tokens "
+                       "shared by all requests, not batch x context per sequence")
+    if f.num_devices > 1:
+        unsupported.append("the layer split: SGLang's --pp-size divides the layers itself (no per-stage layer "
+                           "counts); the draft's device is SGLang's choice")
+        unsupported.append("STANDALONE speculative decoding with pipeline parallelism is not documented; "
+                           f"if refused, use --tp-size {f.num_devices}")
+    unsupported.append("sampling is per request in SGLang: send temperature "
+                       + ("0 (greedy)" if f.greedy else f"{f.temperature}"))
+    flags = [("--model-path", f.target)]
+    if f.draft:
+        flags += [("--speculative-algorithm", "STANDALONE"), ("--speculative-draft-model-path", f.draft),
+                  ("--speculative-num-steps", f.k), ("--speculative-eagle-topk", 1),
+                  ("--speculative-num-draft-tokens", f.k + 1)]
+    flags += [("--mem-fraction-static", settings["mem_fraction_static"]), ("--max-running-requests", f.batch),
+              ("--context-length", f.context), ("--chunked-prefill-size", settings["chunked_prefill_size"]),
+              ("--tp-size", 1), ("--pp-size", f.num_devices), ("--dtype", dtype), ("--kv-cache-dtype", kv),
+              ("--quantization", settings.get("quantization")), ("--random-seed", f.seed)]
+    command = "python -m sglang.launch_server \\\n  " + _flags(flags)
+    return ExportResult("sglang", SGLANG_VERSION, settings, command, unsupported, notes, SGLANG_DOCS)

@@ -1,0 +1,66 @@
+"""The plan as TensorRT-LLM settings (PyTorch backend): `trtllm-serve` flags plus an extra_llm_api_options file
+with the draft-target decoding config and the KV cache's memory fraction."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction
+
+# TensorRT-LLM 1.3 (PyTorch backend, LLM API): DraftTargetDecodingConfig(decoding_type "Draft_Target",
+# max_draft_len, speculative_model), KvCacheConfig.free_gpu_memory_fraction; trtllm-serve options:
+#   https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html
+#   https://nvidia.github.io/TensorRT-LLM/commands/trtllm-serve/trtllm-serve.html
+TRTLLM_VERSION = "TensorRT-LLM 1.3"
+TRTLLM_DOCS = (
+    "https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html",
+    "https://nvidia.github.io/TensorRT-LLM/commands/trtllm-serve/trtllm-serve.html",
+)
+
+
+def _trtllm(f: _Facts) -> ExportResult:
+    unsupported, notes = [], []
+    if f.kind != "cuda":
+        unsupported.append(f"device: TensorRT-LLM runs on NVIDIA GPUs only; this plan is for a {f.kind} device")
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}.get(f.kv_dtype)
+    if f.kv_dtype == "int8":
+        unsupported.append("int8 KV cache: not documented for the PyTorch backend's KvCacheConfig.dtype; 'auto' "
+                           "keeps the model dtype")
+        kv = "auto"
+    dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
+    _float_dtype_note(f, "TensorRT-LLM", unsupported)
+    fraction = _free_kv_fraction(f)
+    options = {
+        "kv_cache_config": {"free_gpu_memory_fraction": fraction, "dtype": kv},
+        "max_batch_size": f.batch,
+        "max_seq_len": f.context,
+        "max_num_tokens": f.batch * f.chunk,
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": f.num_devices,
+        "dtype": dtype,
+    }
+    if f.draft:
+        options["speculative_config"] = {"decoding_type": "Draft_Target", "max_draft_len": f.k,
+                                         "speculative_model": f.draft}
+    settings = {"model": f.target, "backend": "pytorch", "extra_llm_api_options": options,
+                "request": {"max_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature,
+                            "seed": f.seed}}
+    notes.append(f"free_gpu_memory_fraction = KV share of the memory left after weights, buffers, activations and "
+                 f"runtime overhead = {fraction} (rounded down to 0.001)")
+    notes.append("save extra_llm_api_options as specmemo-trtllm.yaml (YAML or JSON both load)")
+    unsupported.append("total memory: TensorRT-LLM sizes the KV cache from free memory after loading; the plan's "
+                       "budget binds only through that fraction")
+    if f.num_devices > 1:
+        unsupported.append("the layer split: --pp_size divides the layers evenly; per-stage layer counts and the "
+                           "draft's device are TensorRT-LLM's choice")
+    unsupported.append("sampling is per request: send temperature "
+                       + ("0 (greedy)" if f.greedy else f"{f.temperature}"))
+    yaml_lines = json.dumps(options, indent=2)
+    command = ("cat > specmemo-trtllm.yaml <<'EOF'\n" + yaml_lines + "\nEOF\n"
+               + f"trtllm-serve {shlex.quote(f.target)} \\\n  " + _flags([
+                   ("--backend", "pytorch"), ("--max_batch_size", f.batch), ("--max_seq_len", f.context),
+                   ("--max_num_tokens", f.batch * f.chunk), ("--tp_size", 1), ("--pp_size", f.num_devices),
+                   ("--kv_cache_free_gpu_memory_fraction", fraction),
+                   ("--extra_llm_api_options", "specmemo-trtllm.yaml")]))
+    return ExportResult("trtllm", TRTLLM_VERSION, settings, command, unsupported, notes, TRTLLM_DOCS)

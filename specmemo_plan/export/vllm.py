@@ -1,0 +1,85 @@
+"""The plan as `vllm serve` options: a draft model through --speculative-config, the layer split through
+VLLM_PP_LAYER_PARTITION."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization
+
+# vLLM 0.25.0. Draft models through --speculative-config with method "draft_model":
+#   https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/
+# keys of --speculative-config (docs/features/speculative_decoding/configuration.md in the vLLM repo);
+# engine arguments: https://docs.vllm.ai/en/v0.25.0/configuration/engine_args/ ; the pipeline layer split
+# through the VLLM_PP_LAYER_PARTITION environment variable (vllm/envs.py).
+VLLM_VERSION = "vLLM 0.25.0"
+VLLM_DOCS = (
+    "https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/",
+    "https://docs.vllm.ai/en/v0.25.0/configuration/engine_args/",
+)
+
+
+def _vllm(f: _Facts) -> ExportResult:
+    unsupported, notes = [], []
+    _needs_gpu(f, "vLLM", unsupported)
+    spec = {"method": "draft_model", "model": f.draft, "num_speculative_tokens": f.k} if f.draft else None
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}.get(f.kv_dtype)
+    if f.kv_dtype == "int8":
+        unsupported.append("int8 KV cache: not among vLLM's --kv-cache-dtype choices (auto, fp8, fp8_e4m3, fp8_e5m2); "
+                           "'auto' keeps the model dtype and needs about twice the plan's KV bytes")
+        kv = "auto"
+    if f.kv_dtype == "fp32" and f.weight_dtype != "fp32":
+        unsupported.append("fp32 KV cache with 16-bit weights: vLLM's KV follows the model dtype")
+    dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
+    _float_dtype_note(f, "vLLM", unsupported)
+    settings = {
+        "model": f.target,
+        "speculative_config": spec,
+        "gpu_memory_utilization": _utilization(f),
+        "max_num_seqs": f.batch,
+        "max_model_len": f.context,
+        "max_num_batched_tokens": f.batch * f.chunk,
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": f.num_devices,
+        "dtype": dtype,
+        "kv_cache_dtype": kv,
+        "seed": f.seed,
+    }
+    if f.weight_dtype == "fp8":
+        settings["quantization"] = "fp8"
+    env = {}
+    if f.num_devices > 1:  # one device holds every layer: no partition to give
+        env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(n) for n in f.layers_per_device)
+        settings["env"] = env
+        notes.append("VLLM_PP_LAYER_PARTITION gives each pipeline stage the plan's decoder layers; vLLM keeps "
+                     "the embedding on the first stage and the output layer on the last, as the plan does")
+        unsupported.append(f"the draft's device: vLLM places the draft model itself; the plan puts it on device "
+                           f"{f.draft_device} next to the logits" if f.draft else "")
+        unsupported.append("pipeline parallelism together with a draft model is not documented for the "
+                           "draft_model method; if vLLM refuses it, use --tensor-parallel-size "
+                           f"{f.num_devices} (every GPU holds 1/{f.num_devices} of each layer: another split)")
+        if len({d.budget_bytes for d in f.per_device}) > 1:
+            unsupported.append("different budgets per device: vLLM takes one --gpu-memory-utilization; "
+                               "the smallest device's share is used")
+    settings["request"] = {"max_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
+    notes.append(f"gpu_memory_utilization = budget / device memory = {settings['gpu_memory_utilization']} "
+                 "(rounded down to 0.001)")
+    unsupported.append("KV sizing: vLLM fills what gpu_memory_utilization leaves with paged KV blocks (16 tokens "
+                       "each) instead of allocating batch x context; max_num_seqs and max_model_len cap the same "
+                       "batch and context, but the pool is not the plan's exact KV bytes")
+    unsupported.append(f"prefill chunk: vLLM's --max-num-batched-tokens caps the tokens of one scheduler step over "
+                       f"all sequences (prefill chunks and decode tokens together); {f.batch} x {f.chunk} bounds the "
+                       "plan's largest forward, not its per-sequence chunking")
+    unsupported.append("sampling is per request in vLLM: send temperature "
+                       + ("0 (greedy)" if f.greedy else f"{f.temperature}") + f" and max_tokens {f.max_new_tokens}")
+    flags = [("--speculative-config", json.dumps(spec, separators=(", ", ": ")) if spec else None),
+             ("--gpu-memory-utilization", settings["gpu_memory_utilization"]),
+             ("--max-num-seqs", f.batch), ("--max-model-len", f.context),
+             ("--max-num-batched-tokens", settings["max_num_batched_tokens"]),
+             ("--tensor-parallel-size", 1), ("--pipeline-parallel-size", f.num_devices),
+             ("--dtype", dtype), ("--kv-cache-dtype", kv), ("--quantization", settings.get("quantization")),
+             ("--seed", f.seed)]
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
+    command = f"{prefix}vllm serve {shlex.quote(f.target)} \\\n  " + _flags(flags)
+    return ExportResult("vllm", VLLM_VERSION, settings, command, [u for u in unsupported if u], notes, VLLM_DOCS)

@@ -1,0 +1,144 @@
+"""Tables of the calculator commands: presets, estimate, min-budget, fit, plan, devices, compare, export.
+
+Each function takes numbers a command already gathered and returns text; nothing here computes a result.
+"""
+
+from __future__ import annotations
+
+from ..units import format_bytes
+from . import breakdown_table, describe_bytes, gib, key_values, table
+
+
+def limit_note(value, limit: int) -> str:
+    """A searched value, marked when it sits at the search limit (then the optimum may lie past it)."""
+    if value is None:
+        return "none"
+    return f"{value} (the search limit)" if value >= limit else str(value)
+
+
+def split_rows(split) -> str:
+    """One row per device of a placement.DeviceSplit."""
+    rows = []
+    for s in split.devices:
+        c = s.memory.components
+        rows.append([s.index, f"{s.layers[0]}-{s.layers[1]}" if s.layers else "-",
+                     gib(c["target_weights"] + c["draft_weights"]), gib(c["target_kv"] + c["draft_kv"]),
+                     gib(c["candidate_buffers"]), gib(c["activations"]), gib(c["runtime_overhead"]),
+                     gib(s.memory.total_bytes), gib(s.budget_bytes), ", ".join(s.holds) or "-"])
+    return table(rows, ["device", "layers", "weights GiB", "KV GiB", "buffers GiB", "activations GiB",
+                        "overhead GiB", "total GiB", "budget GiB", "holds"])
+
+
+def split_summary(split, single_total: int) -> str:
+    d = split.placement.duplicates
+    return (f"{split.used_devices} of {len(split.devices)} devices used ({split.placement.policy}); all devices "
+            f"together {format_bytes(split.total.total_bytes)} = one-device {format_bytes(single_total)} + per-device "
+            f"duplicates (runtime overhead {format_bytes(d['runtime_overhead'])}, activations "
+            f"{format_bytes(d['activations'])}); {split.placement.hops} hop(s) per forward")
+
+
+def with_split(lines: list[str], split, single_total: int | None = None) -> str:
+    """The command's lines, then the per-device table (and summary) when the plan spans several devices."""
+    if len(split.devices) > 1:
+        lines = lines + [split_rows(split)] + ([split_summary(split, single_total)] if single_total else [])
+    return "\n".join(lines)
+
+
+def presets(rows: list[dict]) -> str:
+    return table(
+        [[r["name"], r["model_type"], f"{r['num_params'] / 1e6:,.1f}M", r["num_layers"], r["num_kv_heads"],
+          r["head_dim"], r["vocab_size"], f"{r['kv_bytes_per_token_fp16'] / 1024:g}"] for r in rows],
+        ["preset", "type", "params", "layers", "KV heads", "head_dim", "vocab", "KV KiB/token (fp16)"],
+    )
+
+
+def estimate(head: str, memory, split, single_total: int, profile=None, fits: bool | None = None) -> str:
+    lines = [head, breakdown_table(memory)]
+    if profile is not None and len(split.devices) == 1:
+        lines.append(f"{'fits' if fits else 'does NOT fit'} {profile.name} ({format_bytes(profile.memory_bytes)})")
+    if len(split.devices) > 1:
+        lines = [head, split_rows(split), split_summary(split, single_total)]
+    return "\n".join(lines)
+
+
+def min_budget(result, latency_source: str, acceptance: float, devices: int) -> str:
+    s = result.speed
+    budget = describe_bytes(result.total_bytes) + (f" x {devices} devices" if devices > 1 else "")
+    pairs = [
+        ["minimum budget" + (" per device" if devices > 1 else ""), budget],
+        ["at draft length k", result.draft_length],
+        ["predicted speedup", f"{s.speedup:.2f}x ({latency_source}, acceptance {acceptance})"],
+        ["predicted tokens/s", f"{s.tokens_per_s:,.1f} (plain {s.plain_tokens_per_s:,.1f})"],
+        ["plain decoding needs", describe_bytes(result.plain_total_bytes)],
+    ]
+    body = split_rows(result.split) if devices > 1 else breakdown_table(result.memory)
+    return "\n".join([key_values(pairs), body])
+
+
+def fit(data: dict, knobs, has_draft: bool, devices: int, k_limit: int, split) -> str:
+    budget = describe_bytes(data["budget_bytes"]) + (f" per device x {devices}" if devices > 1 else "")
+    verdict = "fits" if data["fits"] else "does NOT fit"
+    need = f"{describe_bytes(data['total_bytes'])}: {verdict}" if data["total_bytes"] is not None else verdict
+    lines = [key_values([
+        ["budget", budget],
+        ["these knobs need", need],
+        [f"largest batch (context {knobs.max_context}, k={knobs.draft_length})", data["largest_batch"] or "none"],
+        [f"largest context (batch {knobs.batch_size}, k={knobs.draft_length})",
+         f"{data['largest_context'] or 'none'} (models' limit {data['model_max_context']})"],
+        [f"largest k (batch {knobs.batch_size}, context {knobs.max_context}, searched to {k_limit})",
+         limit_note(data["largest_draft_length"], k_limit) if has_draft else "- (no draft)"],
+    ])]
+    return with_split(lines, split) if split is not None else lines[0]
+
+
+def plan(path, p, split, single_total: int, speed, latency_source: str, acceptance_source: str, link) -> str:
+    n = p.device.count
+    device = f"{p.device.name} ({p.device.kind}, {format_bytes(p.device.total_memory_bytes)}" + (" each)" if n > 1 else ")")
+    speed_text = f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain, {latency_source}"
+    speed_text += (f", {link:g} GB/s between devices" if n > 1 and link else "") + ")"
+    if p.draft is not None:
+        speed_text += f"; acceptance {speed.acceptance_rate:.3f} {acceptance_source}"
+    pairs = [
+        ["devices" if n > 1 else "device", (f"{n} x " if n > 1 else "") + device],
+        ["budget per device" if n > 1 else "budget", describe_bytes(p.budget_bytes)],
+        ["predicted total, all devices" if n > 1 else "predicted total", describe_bytes(p.prediction.memory["total_bytes"])],
+        ["predicted tokens/s", speed_text],
+    ]
+    return with_split([f"wrote {path}", key_values(pairs)], split, single_total)
+
+
+def profiles(rows: list[dict]) -> str:
+    return table(
+        [[r["key"], r["name"], r["backend"], gib(r["memory_bytes"]), r["memory_bandwidth_gbps"],
+          r["peak_fp16_tflops"], r["peak_bf16_tflops"] or "-", r["peak_int8_tops"] or "-"] for r in rows],
+        ["profile", "name", "backend", "GiB", "GB/s", "fp16 TFLOPS", "bf16 TFLOPS", "int8 TOPS"])
+
+
+def probed(rows: list[dict]) -> str:
+    return table(
+        [[r["backend"], r["index"], r["name"], gib(r["total_memory_bytes"]),
+          gib(r["free_memory_bytes"]) if r["free_memory_bytes"] is not None else "-",
+          r["profile"] or "-", r["source"]] for r in rows],
+        ["backend", "#", "name", "GiB", "free GiB", "profile", "source"])
+
+
+def compare(verdicts) -> str:
+    def speed(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    rows = [[v.profile, gib(v.memory_bytes), "yes" if v.plain_fits else "no", "yes" if v.sd_fits else "no",
+             gib(v.min_budget_bytes) if v.min_budget_bytes else "-",
+             "-" if v.best_draft_length is None else limit_note(v.best_draft_length, v.draft_length_limit), v.best_batch or "-",
+             speed(v.plain_tokens_per_s), speed(v.sd_tokens_per_s), "-" if v.speedup is None else f"{v.speedup:.2f}x",
+             gib(v.headroom_bytes) if v.headroom_bytes is not None else "-", v.note] for v in verdicts]
+    return table(rows, ["device", "GiB", "plain fits", "SD fits", "SD min budget GiB", "best k", "best batch",
+                        "plain tok/s", "best tok/s", "speedup", "headroom GiB", "note"])
+
+
+def export(result) -> str:
+    lines = [f"# {result.engine_version} (option names from {', '.join(result.docs)})", result.command]
+    if result.unsupported:
+        lines += ["", f"not expressible in {result.engine}:"] + [f"  - {u}" for u in result.unsupported]
+    if result.notes:
+        lines += ["", "notes:"] + [f"  - {n}" for n in result.notes]
+    return "\n".join(lines)
