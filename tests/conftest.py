@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Caches go to a folder of this test session, never the home folder: the engine converts the bundled
+# GGUF (about 0.5 GB) into SPECMEMO_CACHE, and Hugging Face libraries write under HF_HOME. Set before
+# any test imports engine.loading, which reads SPECMEMO_CACHE once.
+CACHE_ROOT = tempfile.mkdtemp(prefix="specmemo-test-cache-")
+os.environ["SPECMEMO_CACHE"] = os.path.join(CACHE_ROOT, "specmemo-plan")
+os.environ["HF_HOME"] = os.path.join(CACHE_ROOT, "huggingface")
+os.environ["XDG_CACHE_HOME"] = os.path.join(CACHE_ROOT, "xdg")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE_ROOT, ignore_errors=True)
 
 TINY_CONFIG = dict(
     model_type="llama",
