@@ -7,7 +7,8 @@ In one process, on this machine:
 4. run the tuned plan and the best grid point again, alternating, `--rounds` times each: the best
    of a noisy grid is biased upwards (the winner's curse), so the ratio compares fresh runs.
 Prints the tuned plan's measured decode tokens/s over the best grid point's (aim >= 0.95), the
-tuning time over the grid's (aim <= 0.2), and predicted vs measured throughput and memory.
+tuning time over the grid's (aim <= 0.2), and predicted vs measured throughput and memory (errors
+are measured relative to predicted, specmemo_plan.quantities.error_percent).
 
     .venv/bin/python bench/autotune_bench.py            # the bundled SmolLM2 pair
     .venv/bin/python bench/autotune_bench.py --target T --draft D --budget 2GiB --context 1024
@@ -20,17 +21,20 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.workflow import profile_pair, verify  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
 from specmemo_plan.models import load_shape  # noqa: E402
 from specmemo_plan.plan import Generation, make_plan  # noqa: E402
-from specmemo_plan.report import table  # noqa: E402
+from specmemo_plan.quantities import error_percent  # noqa: E402
+from specmemo_plan.render import table  # noqa: E402
+from specmemo_plan.render.workflow import measured_grid_table  # noqa: E402
 from specmemo_plan.throughput import predict_speed  # noqa: E402
-from specmemo_plan.tuning import profile_pair, tune, verify  # noqa: E402
+from specmemo_plan.tune import tune  # noqa: E402
 from specmemo_plan.units import parse_bytes  # noqa: E402
 
 
@@ -56,8 +60,8 @@ def main(argv=None):
     # the latency grid spans the batches tune may pick (up to the largest measured one), no more
     measured = profile_pair(args.target, args.draft, dtype="fp32", k_max=args.k_max, num_prompts=16,
                             max_context=args.context, max_batch=max(batches))
-    plan, info = tune(measured, budget, args.context, max_new_tokens=args.new_tokens, k_max=args.k_max,
-                      max_batch=max(batches))
+    plan, _ = tune(measured, budget, args.context, max_new_tokens=args.new_tokens, k_max=args.k_max,
+                   max_batch=max(batches))
     tune_s = time.perf_counter() - t0
 
     target = load_model(args.target, "fp32")
@@ -71,13 +75,14 @@ def main(argv=None):
                       knobs, plan.device, budget, generation=Generation(max_new_tokens=args.new_tokens))
         report = verify(p, None, num_prompts=args.prompts, max_new_tokens=args.new_tokens, compare_plain=False,
                         models=(target, draft if use_draft else None), worst_case=worst_case)
-        stats = report["engine"]["stats"]
+        stats = report.engine.stats
         kwargs = {"histogram": measured.acceptance_histogram} if use_draft else {}
         predicted = predict_speed(t_shape, d_shape if use_draft else None, knobs, latency,
-                                  context=int(stats["mean_context"]), new_tokens=stats["max_new"], **kwargs).tokens_per_s
-        return {"k": knobs.draft_length, "batch": knobs.batch_size, "measured": stats["decode_tokens_per_s"],
-                "predicted": predicted, "acceptance": stats.get("acceptance_rate"),
-                "memory": report["engine"]["memory"], "worst_case": report.get("worst_case")}
+                                  context=int(stats.mean_context), new_tokens=stats.max_new, **kwargs).tokens_per_s
+        return {"k": knobs.draft_length, "batch": knobs.batch_size, "measured": stats.decode_tokens_per_s,
+                "predicted": predicted, "error_percent": error_percent(stats.decode_tokens_per_s, predicted),
+                "acceptance": stats.acceptance_rate, "memory": report.engine.memory,
+                "worst_case": asdict(report.worst_case) if report.worst_case else None}
 
     base = Knobs(batch_size=1, max_context=args.context, weight_dtype="fp32", prefill_chunk=plan.knobs.prefill_chunk)
     t1 = time.perf_counter()
@@ -92,17 +97,15 @@ def main(argv=None):
         side["best"].append(run(best_knobs)["measured"])
     tuned_tps, best_tps = (sum(v) / len(v) for v in (side["tuned"], side["best"]))
 
-    rows = [[r["k"], r["batch"], f"{r['measured']:.1f}", f"{r['predicted']:.1f}",
-             f"{(r['predicted'] - r['measured']) / r['measured'] * 100:+.0f}%",
-             "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"] for r in grid]
-    print(table(rows, ["k", "batch", "measured tok/s", "predicted tok/s", "error", "acceptance"]))
+    print(measured_grid_table(grid))
     mem = tuned["memory"]
     summary = [
         ["tuned plan", f"k={plan.knobs.draft_length}, batch {plan.knobs.batch_size}, chunk {plan.knobs.chunk}"],
         ["best grid point", f"k={best['k']}, batch {best['batch']}: {best['measured']:.1f} tok/s in the grid"],
         [f"tuned / best, side by side ({args.rounds} rounds)", f"{tuned_tps:.1f} / {best_tps:.1f} = {tuned_tps / best_tps:.3f}"],
         ["tuning time / grid time", f"{tune_s:.0f} s / {grid_s:.0f} s = {tune_s / grid_s:.3f}"],
-        ["tuned: predicted vs measured tok/s", f"{tuned['predicted']:.1f} vs {tuned_tps:.1f} ({(tuned['predicted'] - tuned_tps) / tuned_tps * 100:+.1f}%)"],
+        ["tuned: predicted vs measured tok/s", f"{tuned['predicted']:.1f} vs {tuned_tps:.1f} "
+         f"({error_percent(tuned_tps, tuned['predicted']):+.1f}%)"],
         ["tuned: memory error, static parts", f"{tuned['memory']['measured']['error_percent']['target_kv']:+.1f}% KV, "
          f"{mem['measured']['error_percent']['candidate_buffers'] if mem['measured']['error_percent']['candidate_buffers'] is not None else 0:+.1f}% buffers"],
         ["tuned: memory error, total", f"{mem['measured']['total_error_percent']:+.1f}% (activations measured as peak RSS growth)"],

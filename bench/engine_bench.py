@@ -23,8 +23,8 @@ Measured per method:
   malloc_trim) minus the RSS before it, the largest over the prompts; for the engine, whose KV caches and step buffers are
   allocated once beforehand, their exact bytes are added. On CUDA: torch's peak allocated bytes
   minus the bytes allocated before the calls (plus the engine's static caches).
-- acceptance rate: the engine's (greedy, same pair and k: transformers' assisted generation accepts
-  the same drafts).
+- acceptance rate: the engine's, per token (specmemo_plan.quantities.acceptance_rate, the planner's
+  definition; greedy, same pair and k: transformers' assisted generation accepts the same drafts).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ import torch  # noqa: E402
 
 from engine import memory_probe  # noqa: E402
 from engine.loading import LoadedModel, load_model, load_tokenizer  # noqa: E402
-from engine.runtime import Engine, _template_ids  # noqa: E402
+from engine.results import Stats  # noqa: E402
+from engine.runtime import Engine  # noqa: E402
+from engine.tokens import template_ids  # noqa: E402
 from specmemo_plan.errors import SpecMemoError  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
 from specmemo_plan.models import load_shape  # noqa: E402
@@ -97,7 +99,7 @@ def bench_prompts(tokenizer, n: int, path: str | None) -> list[list[int]]:
     texts = texts[:n]
     if tokenizer is None:
         return [[(b % 250) + 3 for b in t.encode()] for t in texts]
-    return [_template_ids(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    return [template_ids(tokenizer, [{"role": "user", "content": t}]) for t in texts]
 
 
 class Measure:
@@ -180,8 +182,6 @@ def run(args) -> dict:
                                         do_sample=False, max_new_tokens=max_new, pad_token_id=pad)
         return out[0, len(ids):].tolist()
 
-    from engine.runtime import Stats
-
     pair_stats, collect = Stats(k), [False]
 
     def ours(ids):
@@ -243,20 +243,14 @@ def run(args) -> dict:
 
 
 def render(report: dict) -> str:
-    from tabulate import tabulate
-
+    from specmemo_plan.render.workflow import engine_bench_table
     from specmemo_plan.units import format_bytes
 
     methods = report["methods"]
     engine = methods["engine (speculative)"]
     assisted = methods["transformers generate (assisted)"]
     plain = methods["transformers generate (plain)"]
-    rows = []
-    for name, r in methods.items():
-        rows.append((name, f"{r['tokens_per_s']:.2f}", format_bytes(r["peak_generation_bytes"]), r["tokens"],
-                     "yes" if report["identical_to_plain_greedy"][name] else "NO"))
-    table = tabulate(rows, headers=("method", "tokens/s", "peak generation memory", "new tokens", "same tokens as plain"),
-                     tablefmt="github")
+    table = engine_bench_table(methods, report["identical_to_plain_greedy"])
     lines = [
         f"pair: {report['target']} + draft {report['draft']}, k={report['k']}, {report['dtype']}, {report['device']}, "
         f"{report['threads']} threads, {report['prompts']} prompts x {report['max_new_tokens']} new tokens, batch 1, greedy",

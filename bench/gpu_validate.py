@@ -6,7 +6,8 @@ configuration, runs the engine on it (prefill of a prompt that fills the context
 speculative steps), and records the plan's components beside torch's peak allocated and
 reserved bytes and the device's own view (NVML / amdsmi). It also times target and draft
 forwards and compares the plan's predicted tokens/s (roofline of the matched profile) with the
-engine's. One JSON file, and a table.
+engine's. One JSON file, and a table. Errors are measured relative to predicted
+(specmemo_plan.quantities.error_percent: positive when the plan predicted too little).
 
     python bench/gpu_validate.py --out gpu_validate.json           # on a CUDA/ROCm machine (< 8 min on one H200)
     python bench/gpu_validate.py --dry-run --out /tmp/dry.json     # CPU, small shapes: the same code path
@@ -35,7 +36,8 @@ from engine.runtime import Engine  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
 from specmemo_plan.models import load_preset_config  # noqa: E402
 from specmemo_plan.plan import DeviceSpec, Generation, make_plan  # noqa: E402
-from specmemo_plan.report import table  # noqa: E402
+from specmemo_plan.quantities import error_percent  # noqa: E402
+from specmemo_plan.render.workflow import gpu_validate_table  # noqa: E402
 from specmemo_plan.throughput import predict_speed, roofline_from_profile  # noqa: E402
 
 # (target preset, draft preset): real shapes, random weights
@@ -102,16 +104,17 @@ def run_config(target, draft, t_ref, d_ref, knobs: Knobs, spec: DeviceSpec, devi
         row.update(
             peak_allocated_bytes=peak_alloc, peak_reserved_bytes=process["peak_reserved_bytes"],
             device_view=process.get("device"),
-            peak_error_percent=(without_overhead - peak_alloc) / peak_alloc * 100,
-            reserved_error_percent=(without_overhead - process["peak_reserved_bytes"]) / process["peak_reserved_bytes"] * 100,
+            peak_error_percent=error_percent(peak_alloc, without_overhead),
+            reserved_error_percent=error_percent(process["peak_reserved_bytes"], without_overhead),
         )
         used = (process.get("device") or {}).get("process_used_bytes") or (process.get("device") or {}).get("device_used_bytes")
         if used:
             row["device_used_bytes"] = used
-            row["device_error_percent"] = (predicted["total_bytes"] - used) / used * 100
+            row["device_error_percent"] = error_percent(used, predicted["total_bytes"])
     else:
-        static = sum(report["measured"]["components"][c] for c in ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers"))
-        row["static_error_percent"] = (sum(predicted["components"][c] for c in ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")) - static) / static * 100
+        static = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
+        row["static_error_percent"] = error_percent(sum(report["measured"]["components"][c] for c in static),
+                                                    sum(predicted["components"][c] for c in static))
     # latency: the forwards the step is made of, and predicted vs measured tokens/s
     ctx = knobs.max_context // 2
     row["latency_ms"] = {
@@ -177,22 +180,7 @@ def main(argv=None) -> int:
 
 
 def render(rows, on_gpu: bool) -> str:
-    def gib(b):
-        return "-" if b is None else f"{b / 2**30:.3f}"
-
-    out = []
-    for r in rows:
-        name = f"{os.path.basename(r['target']).replace('.json', '')} {r['dtype']} B={r['batch']} C={r['context']} k={r['draft_length']}"
-        if "error" in r:
-            out.append([name, "-", "-", "-", r["error"][:60]])
-            continue
-        pred = r["predicted"]["total_bytes"] - r["predicted"]["components"]["runtime_overhead"]
-        if on_gpu:
-            out.append([name, gib(pred), gib(r["peak_allocated_bytes"]), f"{r['peak_error_percent']:+.1f}%",
-                        f"{r.get('predicted_tokens_per_s', 0):.0f} / {r['measured_tokens_per_s']:.0f}"])
-        else:
-            out.append([name, gib(pred), "-", f"static {r['static_error_percent']:+.1f}%", f"- / {r['measured_tokens_per_s']:.0f}"])
-    return table(out, ["configuration", "predicted peak GiB", "measured peak GiB", "error", "tok/s predicted / measured"])
+    return gpu_validate_table(rows, on_gpu)
 
 
 if __name__ == "__main__":

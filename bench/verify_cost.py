@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.loading import load_model  # noqa: E402
 from engine.profiling import time_forward, verify_cost_ratios  # noqa: E402
-from specmemo_plan.report import table  # noqa: E402
+from specmemo_plan.render import table  # noqa: E402
 
 
 def main():

@@ -1,9 +1,11 @@
 """Multi-turn chat sessions that reuse the KV of earlier turns.
 
 Each turn renders the whole conversation to token ids (the tokenizer's chat template, or plain
-concatenation of token-id turns), compares them with the tokens whose K/V the caches already hold,
-and prefills only from the first position that differs. Slots are absolute positions, so reuse is
-just a shorter prefill; nothing is copied.
+concatenation of token-id turns) and hands them to `Engine.continue_sequence(ids, max_new, owner)`
+with the session as owner: the engine keeps track of the tokens whose K/V row 0 of its caches
+holds, and for which session, and prefills only from the first position that differs. A session
+knows the engine only through `ChatEngine` below, and neither module imports the other:
+`ChatSession(engine, ...)` starts a session on any engine.runtime.Engine.
 
 Context policy (the plan's knobs.max_context = prompt + new tokens, per sequence):
 - "refuse" (default): a turn whose conversation plus max_new_tokens would exceed the context is
@@ -17,10 +19,27 @@ Never an out-of-memory error, never silent truncation of a prompt or of a reply'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from specmemo_plan.errors import SpecMemoError
 
-from .runtime import OVERFLOW_POLICIES, Engine, Stats, _template_ids
+from .results import Result, Stats
+from .tokens import conversation_ids
+
+OVERFLOW_POLICIES = ("refuse", "drop-oldest")
+
+
+class ChatEngine(Protocol):
+    """What a session uses of engine.runtime.Engine."""
+
+    plan: object  # knobs.max_context, generation.max_new_tokens
+    k: int
+    tokenizer: object
+    real_tokenizer: bool
+
+    def continue_sequence(self, ids: list[int], max_new: int, owner: object) -> Result: ...
+
+    def release(self, owner: object) -> None: ...
 
 
 @dataclass
@@ -37,7 +56,7 @@ class Reply:
 class ChatSession:
     """A conversation on row 0 of the engine's caches. `say(text)` with a tokenizer, `say_ids(ids)` without."""
 
-    def __init__(self, engine: Engine, system: str | None = None, on_overflow: str = "refuse",
+    def __init__(self, engine: ChatEngine, system: str | None = None, on_overflow: str = "refuse",
                  max_new_tokens: int | None = None, system_ids: list[int] | None = None):
         if on_overflow not in OVERFLOW_POLICIES:
             raise SpecMemoError(f"unknown overflow policy {on_overflow!r}", "choose one of: " + ", ".join(OVERFLOW_POLICIES))
@@ -51,10 +70,10 @@ class ChatSession:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the conversation (the cached K/V is simply overwritten by the next turn)."""
+        """Forget the conversation; the engine forgets what its caches hold for this session, so
+        the next turn prefills from scratch (the cached K/V is simply overwritten)."""
         self.turns = []
-        self._cached: list[int] = []  # tokens whose K/V rows 0 of the caches hold...
-        self._valid = (0, 0)  # ...for the first (target, draft) positions
+        self.engine.release(self)
 
     # ------------------------------------------------------------------ rendering
 
@@ -90,36 +109,23 @@ class ChatSession:
                 )
             turns, dropped = turns[1:], dropped + 1
             ids = render(turns)
-        engine.check_request([ids], self.max_new)
-
-        if engine._owner is not self:  # another request used the caches since our last turn
-            self._cached, self._valid = [], (0, 0)
-        reuse = _common_prefix(self._cached, ids)
-        t_start, d_start = min(reuse, self._valid[0]), min(reuse, self._valid[1])
-        engine._owner = self
-        result = engine._run([ids], [t_start], [d_start], self.max_new)
+        result = engine.continue_sequence(ids, self.max_new, owner=self)
         out = result.outputs[0]
-        self._cached = ids + out.token_ids
-        self._valid = result.valid[0]
         self.stats.merge(result.stats)
         reply = out.text.strip() if text_mode else out.token_ids
         self.turns = turns[:-1] + [(user, reply)]
-        return Reply(out.text, out.token_ids, out.stop_reason, len(ids), min(t_start, len(ids) - 1), dropped, result.stats)
+        return Reply(out.text, out.token_ids, out.stop_reason, len(ids), result.reused[0], dropped, result.stats)
 
 
-def render_text(engine: Engine, turns, system: str | None = None) -> list[int]:
+def render_text(engine: ChatEngine, turns, system: str | None = None) -> list[int]:
     """Token ids of a conversation [(user, reply or None), ...] through the chat template, ready for
-    the next reply; without a template, one plain line per message."""
-    tok = engine.tokenizer
+    the next reply; without a template, one plain line per message (engine.tokens.conversation_ids)."""
     messages = [{"role": "system", "content": system}] if system else []
     for user, reply in turns:
         messages.append({"role": "user", "content": user})
         if reply is not None:
             messages.append({"role": "assistant", "content": reply})
-    if getattr(tok, "chat_template", None):
-        return _template_ids(tok, messages)
-    text = "".join(f"{m['content']}\n" for m in messages)
-    return engine.encode(text, chat_template=False)
+    return conversation_ids(engine.tokenizer, messages)
 
 
 def render_ids(turns, system_ids=()) -> list[int]:
@@ -128,12 +134,3 @@ def render_ids(turns, system_ids=()) -> list[int]:
     for user, reply in turns:
         ids += list(user) + list(reply or [])
     return ids
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -5,6 +5,7 @@
     python -m engine chat --plan plan.json [--system "..."] [--on-overflow refuse|drop-oldest]
 
 User errors print one line, `error: <message> (<hint>)`, to stderr and exit with status 2.
+Tables render in specmemo_plan.render.workflow, beside the planner's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 import click
 
 from specmemo_plan.errors import SpecMemoError
-from specmemo_plan.units import format_bytes
+from specmemo_plan.render.workflow import render_memory, render_stats
+
+from .chat import ChatSession
 
 EXIT_USER_ERROR = 2
 
@@ -65,51 +68,6 @@ def _engine(plan_path: str, device: str | None, threads: int | None = None):
     if not engine.real_tokenizer:
         click.echo("note: no tokenizer for this model: prompts are encoded as UTF-8 bytes", err=True)
     return engine
-
-
-def _pct(value):
-    return "" if value is None else f"{value:+.2f}%"
-
-
-def _bytes(value):
-    return "n/a" if value is None else f"{value:,} ({format_bytes(value)})"
-
-
-def render_stats(stats: dict) -> str:
-    from tabulate import tabulate
-
-    sec = stats["seconds"]
-    rows = [
-        ("new tokens", stats["new_tokens"]),
-        ("tokens/s (with prefill)", f"{stats['tokens_per_s']:.2f}" if stats["tokens_per_s"] else "n/a"),
-        ("draft length k", stats["draft_length"]),
-        ("steps", stats["steps"]),
-        ("acceptance rate", f"{stats['acceptance_rate']:.3f}" if stats["acceptance_rate"] is not None else "n/a"),
-        ("tokens per step", f"{stats['tokens_per_step']:.2f}" if stats["tokens_per_step"] else "n/a"),
-        ("accepted drafts per step (histogram)", " ".join(f"{k}:{v}" for k, v in stats["accepted_histogram"].items())),
-        ("time prefill / draft / verify / accept / other (s)",
-         " / ".join(f"{sec[key]:.3f}" for key in ("prefill", "draft", "verify", "accept", "other"))),
-    ]
-    return tabulate(rows, tablefmt="simple")
-
-
-def render_memory(memory: dict) -> str:
-    from tabulate import tabulate
-
-    predicted = memory["predicted"]["components"]
-    measured = memory["measured"]["components"]
-    error = memory["measured"]["error_percent"]
-    rows = [(name, _bytes(predicted.get(name)), _bytes(measured.get(name)), _pct(error.get(name))) for name in predicted]
-    rows.append(("total", _bytes(memory["predicted"]["total_bytes"]), _bytes(memory["measured"]["total_bytes"]),
-                 _pct(memory["measured"]["total_error_percent"])))
-    table = tabulate(rows, headers=("component", "predicted", "measured", "error"), tablefmt="simple")
-    lines = [table, f"measured: {memory['measured']['source']}"]
-    cap = memory["measured"].get("cap")
-    if cap:
-        lines.append(f"capped at the plan's budget: {format_bytes(cap['budget_bytes'])} "
-                     f"(fraction {cap['fraction']:.3f}); headroom over the prediction {format_bytes(cap['headroom_bytes'])}, "
-                     f"after the run {format_bytes(cap['headroom_after_bytes'])}")
-    return "\n".join(lines)
 
 
 def _stats_dict(engine, result) -> dict:
@@ -171,7 +129,7 @@ def chat(plan_path, system, on_overflow, max_new_tokens, device, threads, as_jso
     """Interactive multi-turn chat; the KV of earlier turns is reused. Commands: /reset, /stats, /exit."""
     try:
         engine = _engine(plan_path, device, threads)
-        session = engine.chat(system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens)
+        session = ChatSession(engine, system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens)
     except SpecMemoError as exc:
         _fail(exc)
     tty = sys.stdin.isatty()

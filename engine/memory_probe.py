@@ -7,6 +7,10 @@
 - CUDA / ROCm: torch's peak allocated and reserved bytes per phase, and the device's own view
   (NVML on NVIDIA, amdsmi on AMD). Both libraries are optional; their import failures are contained
   (amdsmi raises KeyError and prints to stdout when ROCm is absent).
+
+`memory_report` puts a probe's numbers beside the plan's predicted breakdown, component by
+component, with the error of each as specmemo_plan.quantities.error_percent (measured relative
+to predicted: positive when the plan predicted too little).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import time
 
 import torch
+
+from specmemo_plan.quantities import error_percent
 
 
 def tensor_bytes(tensors) -> int:
@@ -192,3 +198,47 @@ class CudaProbe:
 
 def make_probe(device: torch.device):
     return CudaProbe(device) if device.type == "cuda" else CpuProbe()
+
+
+# ----------------------------------------------------------------------------- beside the prediction
+
+
+def _component_error(measured: int | None, predicted: int | None) -> float | None:
+    if measured is not None and predicted == 0:
+        return 0.0 if measured == 0 else None  # nothing predicted: exact, or no percentage to give
+    return error_percent(measured, predicted)
+
+
+def memory_report(predicted: dict, static: dict[str, int], probe, device: torch.device, cap: dict | None) -> dict:
+    """{"predicted": the plan's breakdown, "measured": components, transient peaks, error %}.
+
+    `static`: exact bytes of the engine's tensors per component; activations are the largest
+    transient peak of any phase; runtime overhead is what the device's own view holds beyond
+    torch's reserved bytes (CUDA/ROCm), 0 on CPU. `cap`: the engine's budget cap, if any."""
+    components = dict(static)
+    phases = dict(probe.phases)
+    transients = [p["transient_peak_bytes"] for p in phases.values() if p.get("transient_peak_bytes") is not None]
+    components["activations"] = max(transients) if transients else None
+    components["runtime_overhead"] = None
+    process = probe.process()
+    if device.type == "cuda":
+        own = (process.get("device") or {}).get("process_used_bytes")
+        if own is not None and process["peak_reserved_bytes"]:
+            components["runtime_overhead"] = max(0, own - process["peak_reserved_bytes"])
+    else:
+        components["runtime_overhead"] = 0
+    expected = predicted.get("components", {})
+    total = sum(v for v in components.values() if v is not None)
+    measured = {
+        "source": probe.source,
+        "components": components,
+        "total_bytes": total,
+        "generation_bytes": total - components["target_weights"] - components["draft_weights"],
+        "error_percent": {name: _component_error(value, expected.get(name)) for name, value in components.items()},
+        "total_error_percent": error_percent(total, predicted["total_bytes"]),
+        "phases": phases,
+        "process": process,
+    }
+    if cap is not None:
+        measured["cap"] = dict(cap, headroom_after_bytes=cap["budget_bytes"] - process["peak_reserved_bytes"])
+    return {"predicted": dict(predicted), "measured": measured}

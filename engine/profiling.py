@@ -21,7 +21,7 @@ import torch
 
 from specmemo_plan.autotune import LatencySample
 from specmemo_plan.memory import Knobs
-from specmemo_plan.plan import DeviceSpec, Generation, make_plan
+from specmemo_plan.plan import Generation, make_plan
 
 from .cache import StaticKVCache
 from .forward import Decoder
@@ -132,14 +132,6 @@ def draft_agreement(draft: LoadedModel, dtype: str, prompt: list[int], answer: l
     return (predicted == torch.tensor(answer, device=device)).tolist()
 
 
-def local_spec(device: torch.device) -> DeviceSpec:
-    """The engine checks a plan's device kind and name (rocm under HIP): a spec for this device."""
-    if device.type != "cuda":
-        return DeviceSpec(kind="cpu", name=str(device), total_memory_bytes=2**62)
-    return DeviceSpec(kind="rocm" if torch.version.hip else "cuda", name=torch.cuda.get_device_name(device),
-                      total_memory_bytes=torch.cuda.get_device_properties(device).total_memory)
-
-
 def greedy_answers(target: LoadedModel, target_ref: str, dtype: str, conversations: list[list[str]],
                    max_new_tokens: int, context: int, batch: int = 8, lookahead: int = 0,
                    progress: bool = True) -> list[tuple[list[int], list[int]]]:
@@ -150,11 +142,15 @@ def greedy_answers(target: LoadedModel, target_ref: str, dtype: str, conversatio
 
     from .chat import render_ids, render_text
     from .runtime import Engine
+    from .workflow import _this_device
 
     device = next(target.model.parameters()).device
     knobs = Knobs(batch_size=batch, max_context=context, draft_length=0, weight_dtype=dtype)
-    spec = local_spec(device)
-    plan = make_plan(target_ref, target.shape, None, None, knobs, spec, spec.total_memory_bytes,
+    spec, _, _ = _this_device(str(device))  # the engine checks a plan's device kind and name
+    budget = spec.total_memory_bytes
+    if device.type == "cuda":  # the engine checks the budget against torch's total, which can be below NVML's
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory)
+    plan = make_plan(target_ref, target.shape, None, None, knobs, spec, budget,
                      generation=Generation(max_new_tokens=max_new_tokens))
     engine = Engine(plan, device=str(device), target=target)
     history: list[list[tuple]] = [[] for _ in conversations]  # per conversation: (user, reply) so far

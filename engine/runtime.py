@@ -1,4 +1,9 @@
-"""The Engine: loads the plan's models, enforces the plan, generates (batched), runs chat sessions.
+"""The Engine: loads the plan's models, enforces the plan, runs the generation loop.
+
+Generation: `generate` (a batch, each row from scratch) and `continue_sequence` (one sequence that
+reuses the K/V its owner left in the caches). Chat sessions (engine.chat.ChatSession(engine)) are
+built on the latter; this module does not know them, and they know the Engine only by its methods.
+Results are engine.results, tokenisation engine.tokens, measured memory engine.memory_probe.
 
 Enforcement, each refusal one SpecMemoError naming the plan field:
 - schema (read_plan), model fingerprints (`target.fingerprint`, `draft.fingerprint`), device
@@ -14,7 +19,6 @@ plan's prediction (specmemo_plan.memory); generation never grows it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -26,124 +30,15 @@ from specmemo_plan.plan import Plan, read_plan
 from . import memory_probe
 from .cache import allocate_caches
 from .forward import Decoder
-from .loading import LoadedModel, load_model, load_tokenizer
+from .loading import LoadedModel, load_model
 from .placement import check_devices, layer_devices, load_split
+from .results import Output, Result, Row, Stats
 from .speculative import Sampler, speculative_step
+from .tokens import engine_tokenizer, eos_ids, prompt_ids
 
 STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
-OVERFLOW_POLICIES = ("refuse", "drop-oldest")
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class Output:
-    token_ids: list[int]  # new tokens only (an EOS that ended the sequence included)
-    text: str | None  # decoded new tokens; None without a tokenizer
-    stop_reason: str  # "eos" | "max_new_tokens"
-
-
-@dataclass
-class Stats:
-    draft_length: int
-    steps: int = 0  # speculative steps (one verify forward each)
-    accepted_histogram: list[int] = field(default_factory=list)  # [i]: row-steps that accepted i drafts
-    new_tokens: int = 0  # all rows, the prefill's first token included
-    rows: int = 0  # sequences (each got its first token from the prefill)
-    row_slots: int = 0  # steps x rows in the batch: a row that is done still occupies its slot
-    prefill_tokens: int = 0
-    prefill_s: float = 0.0
-    draft_s: float = 0.0
-    verify_s: float = 0.0
-    accept_s: float = 0.0
-    total_s: float = 0.0
-
-    def __post_init__(self):
-        if not self.accepted_histogram:
-            self.accepted_histogram = [0] * (self.draft_length + 1)
-
-    def merge(self, other: "Stats") -> None:
-        for name in ("steps", "new_tokens", "rows", "row_slots", "prefill_tokens", "prefill_s", "draft_s", "verify_s", "accept_s", "total_s"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.accepted_histogram = [a + b for a, b in zip(self.accepted_histogram, other.accepted_histogram)]
-
-    def as_dict(self) -> dict:
-        k = self.draft_length
-        row_steps = sum(self.accepted_histogram)
-        accepted = sum(i * n for i, n in enumerate(self.accepted_histogram))
-        decode_s = self.total_s - self.prefill_s
-        return {
-            "draft_length": k,
-            "steps": self.steps,
-            "accepted_histogram": {str(i): n for i, n in enumerate(self.accepted_histogram)},
-            "acceptance_rate": accepted / (k * row_steps) if k and row_steps else None,
-            "tokens_per_step": 1 + accepted / row_steps if row_steps else None,
-            # share of row slots still generating: a static batch waits for its slowest row
-            "row_utilisation": row_steps / self.row_slots if self.row_slots else None,
-            "new_tokens": self.new_tokens,
-            "prefill_tokens": self.prefill_tokens,
-            "tokens_per_s": self.new_tokens / self.total_s if self.total_s else None,
-            "decode_tokens_per_s": (self.new_tokens - self.rows) / decode_s if decode_s > 0 else None,
-            "seconds": {
-                "total": self.total_s, "prefill": self.prefill_s, "draft": self.draft_s,
-                "verify": self.verify_s, "accept": self.accept_s,
-                "other": max(0.0, decode_s - self.draft_s - self.verify_s - self.accept_s),
-            },
-        }
-
-
-@dataclass
-class Result:
-    outputs: list[Output]
-    stats: Stats
-    valid: list[tuple[int, int]] = field(default_factory=list)  # per row: (target, draft) cached positions
-
-
-@dataclass
-class _Row:
-    tokens: list[int]  # prompt + committed new tokens
-    prompt_len: int
-    max_new: int
-    done: bool = False
-    stop_reason: str = "max_new_tokens"
-    target_valid: int = 0  # leading positions whose K/V in the target cache match `tokens`
-    draft_valid: int = 0
-
-    @property
-    def new(self) -> list[int]:
-        return self.tokens[self.prompt_len :]
-
-    def commit(self, new: list[int], eos: set[int], ignore_eos: bool) -> None:
-        room = self.max_new - len(self.new)
-        if len(new) >= room:
-            new = new[:room]
-            self.done = True
-        for i, token in enumerate(new):
-            if token in eos and not ignore_eos:
-                new, self.done, self.stop_reason = new[: i + 1], True, "eos"
-                break
-        self.tokens += new
-        self.target_valid = min(self.target_valid, len(self.tokens))
-        self.draft_valid = min(self.draft_valid, len(self.tokens))
-
-
-class ByteTokenizer:
-    """For models without a tokenizer (random-weight presets): UTF-8 bytes as token ids."""
-
-    chat_template = None
-    eos_token_id = None
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return [b % self.vocab_size for b in text.encode()]
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return bytes(i for i in ids if i < 256).decode(errors="replace")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -285,31 +180,12 @@ class Engine:
         gen = plan.generation
         self.sampler = Sampler(gen.sampling, gen.temperature, gen.seed, self.device)
 
-        self.tokenizer = self._tokenizer() if tokenizer == "auto" else tokenizer
-        self.real_tokenizer = self.tokenizer is not None
-        if self.tokenizer is None:
-            self.tokenizer = ByteTokenizer(t_shape.vocab_size)
-        self.eos_ids = self._eos_ids()
-        self._owner = None  # the chat session whose tokens the caches hold, if any
+        self.tokenizer, self.real_tokenizer = engine_tokenizer(plan.target.ref, t_shape.vocab_size, tokenizer)
+        self.eos_ids = eos_ids(self.target_model.model, self.tokenizer if self.real_tokenizer else None)
+        # (owner, tokens, (target, draft) valid positions) of row 0 after continue_sequence, else None
+        self._held: tuple | None = None
 
     # ------------------------------------------------------------------ setup helpers
-
-    def _tokenizer(self):
-        try:
-            return load_tokenizer(self.plan.target.ref)
-        except SpecMemoError:
-            return None
-
-    def _eos_ids(self) -> set[int]:
-        eos = set()
-        config = getattr(self.target_model.model, "generation_config", None)
-        value = getattr(config, "eos_token_id", None) if config is not None else None
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v is not None:
-                eos.add(int(v))
-        if self.real_tokenizer and self.tokenizer.eos_token_id is not None:
-            eos.add(int(self.tokenizer.eos_token_id))
-        return eos
 
     def _cap_memory(self) -> dict | None:
         """CUDA/ROCm: cap this process at the plan's budget; report the headroom the plan leaves."""
@@ -331,16 +207,7 @@ class Engine:
 
     def encode(self, prompt: str, chat_template: bool | None = None, system: str | None = None) -> list[int]:
         """Token ids of a prompt; with the tokenizer's chat template when it has one (or when asked)."""
-        tok = self.tokenizer
-        use_template = bool(getattr(tok, "chat_template", None)) if chat_template is None else chat_template
-        if use_template:
-            if not getattr(tok, "chat_template", None):
-                raise SpecMemoError("this model's tokenizer has no chat template", "use --no-chat-template")
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            return _template_ids(tok, messages)
-        if isinstance(tok, ByteTokenizer):
-            return tok.encode(prompt)
-        return list(tok(prompt)["input_ids"])
+        return prompt_ids(self.tokenizer, prompt, chat_template, system)
 
     def decode(self, ids: list[int]) -> str | None:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -373,16 +240,36 @@ class Engine:
         ids = [self.encode(p, chat_template) if isinstance(p, str) else list(p) for p in prompts]
         max_new = max_new_tokens or self.plan.generation.max_new_tokens
         self.check_request(ids, max_new)
-        self._owner = None
+        self._held = None  # every row is prefilled from scratch, and the caches hold this batch now
         return self._run(ids, [0] * len(ids), [0] * len(ids), max_new, ignore_eos)
 
-    def chat(self, system: str | None = None, on_overflow: str = "refuse", max_new_tokens: int | None = None,
-             system_ids: list[int] | None = None):
-        """A multi-turn session (engine.chat.ChatSession): say(text) with a tokenizer, say_ids(ids) without."""
-        from .chat import ChatSession
+    # ------------------------------------------------------------------ sequences that continue
 
-        return ChatSession(self, system=system, on_overflow=on_overflow, max_new_tokens=max_new_tokens,
-                           system_ids=system_ids)
+    def continue_sequence(self, ids: list[int], max_new: int, owner: object) -> Result:
+        """Generate for one sequence on row 0, reusing the K/V the caches still hold for `owner`.
+
+        The engine remembers which tokens row 0 holds after a call, and for whom. When `owner`
+        made the last request, the prefill starts at the first position where `ids` differs from
+        those tokens (slots are absolute positions, so reuse is a shorter prefill; nothing is
+        copied); after any other request (generate, another owner, `release`) it starts at 0.
+        `Result.reused[0]` says how many positions of `ids` came from the caches. A chat session
+        (engine/chat.py) is the owner this is for: it renders the conversation, the engine keeps
+        the bookkeeping of its caches."""
+        self.check_request([ids], max_new)
+        t_start = d_start = 0
+        if self._held is not None and self._held[0] is owner:
+            _, tokens, (t_valid, d_valid) = self._held
+            same = _common_prefix(tokens, ids)
+            t_start, d_start = min(same, t_valid), min(same, d_valid)
+        self._held = None  # until the run below completes, row 0 holds nothing anyone can reuse
+        result = self._run([ids], [t_start], [d_start], max_new)
+        self._held = (owner, ids + result.outputs[0].token_ids, result.valid[0])
+        return result
+
+    def release(self, owner: object) -> None:
+        """Forget what the caches hold for `owner` (its next call prefills from scratch)."""
+        if self._held is not None and self._held[0] is owner:
+            self._held = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -391,7 +278,7 @@ class Engine:
              ignore_eos: bool = False) -> Result:
         """Prefill each row from its first uncached position, then speculative steps until every row stops."""
         stats = Stats(self.k)
-        rows = [_Row(list(p), len(p), max_new) for p in prompts]
+        rows = [Row(list(p), len(p), max_new) for p in prompts]
         B = len(rows)
         t0 = time.perf_counter()
         with self.probe.phase("prefill"):
@@ -432,7 +319,9 @@ class Engine:
         stats.rows = B
         stats.row_slots = stats.steps * B
         outputs = [Output(r.new, self.decode(r.new), r.stop_reason) for r in rows]
-        return Result(outputs, stats, [(r.target_valid, r.draft_valid) for r in rows])
+        # the last prompt position is always recomputed: its logits give the first new token
+        reused = [min(s, r.prompt_len - 1) for r, s in zip(rows, t_starts)]
+        return Result(outputs, stats, [(r.target_valid, r.draft_valid) for r in rows], reused)
 
     def _plain_step(self, rows, lens: list[int], stats: Stats) -> list[list[int]]:
         """No draft (k = 0): one target forward per token, the plain-decoding baseline."""
@@ -445,7 +334,7 @@ class Engine:
         stats.verify_s += time.perf_counter() - t0
         return [[t] for t in tokens]
 
-    def _prefill(self, rows: list[_Row], t_starts: list[int], d_starts: list[int]) -> list[int]:
+    def _prefill(self, rows: list[Row], t_starts: list[int], d_starts: list[int]) -> list[int]:
         """Both caches from each row's first uncached position; the first new token per row from the
         target's logits at the last prompt position only (written into the target_logits buffer)."""
         B, V = len(rows), self.target_cache.shape.vocab_size
@@ -497,49 +386,10 @@ class Engine:
         }
 
     def memory_report(self) -> dict:
-        """{"predicted": plan's breakdown, "measured": exact static bytes, transient peaks, error %}."""
-        predicted = dict(self.plan.prediction.memory)
-        components = dict(self.static_bytes())
-        phases = dict(self.probe.phases)
-        transients = [p["transient_peak_bytes"] for p in phases.values() if p.get("transient_peak_bytes") is not None]
-        components["activations"] = max(transients) if transients else None
-        components["runtime_overhead"] = None
-        process = self.probe.process()
-        if self.device.type == "cuda":
-            device_view = process.get("device") or {}
-            own = device_view.get("process_used_bytes")
-            if own is not None and process["peak_reserved_bytes"]:
-                components["runtime_overhead"] = max(0, own - process["peak_reserved_bytes"])
-        else:
-            components["runtime_overhead"] = 0
-        pred_components = predicted.get("components", {})
-        error = {}
-        for name, value in components.items():
-            expected = pred_components.get(name)
-            if value is None or expected is None:
-                error[name] = None
-            elif expected == 0:
-                error[name] = 0.0 if value == 0 else None
-            else:
-                error[name] = 100.0 * (value - expected) / expected
-        known = [v for v in components.values() if v is not None]
-        total = sum(known)
-        weights = components["target_weights"] + components["draft_weights"]
-        measured = {
-            "source": self.probe.source,
-            "components": components,
-            "total_bytes": total,
-            "generation_bytes": total - weights,
-            "error_percent": error,
-            "total_error_percent": 100.0 * (total - predicted["total_bytes"]) / predicted["total_bytes"],
-            "phases": phases,
-            "process": process,
-        }
-        if self.memory_cap is not None:
-            cap = dict(self.memory_cap)
-            cap["headroom_after_bytes"] = cap["budget_bytes"] - process["peak_reserved_bytes"]
-            measured["cap"] = cap
-        return {"predicted": predicted, "measured": measured}
+        """{"predicted": plan's breakdown, "measured": exact static bytes, transient peaks, error %}
+        (engine.memory_probe.memory_report)."""
+        return memory_probe.memory_report(self.plan.prediction.memory, self.static_bytes(), self.probe, self.device,
+                                          self.memory_cap)
 
 
 @torch.inference_mode()
@@ -549,12 +399,10 @@ def _page_in(model: torch.nn.Module) -> None:
         p.sum()
 
 
-def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    if hasattr(out, "tolist"):
-        out = out.tolist()
-    if out and isinstance(out[0], list):
-        out = out[0]
-    return list(out)
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.chat import ChatSession
 from engine.loading import load_model
 from engine.profiling import calibration_prompts, measure_acceptance, replay_histogram
 from engine.runtime import Engine
@@ -55,7 +56,7 @@ def test_equals_running_the_engine(tiny_pair):
                                    max_new_tokens=max_new), tokenizer=None)
     expected = [0] * (k + 1)
     for conversation in conversations:
-        session = engine.chat(max_new_tokens=max_new)
+        session = ChatSession(engine, max_new_tokens=max_new)
         for turn in conversation:
             reply = session.say_ids(engine.encode(turn))
             expected = [a + b for a, b in zip(expected, reply.stats.accepted_histogram)]

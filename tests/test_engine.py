@@ -19,7 +19,9 @@ from click.testing import CliRunner
 from scipy.stats import chisquare
 
 from engine import runtime as runtime_module
+from engine.chat import ChatSession
 from engine.cli import main as cli_main
+from engine.results import Stats
 from engine.runtime import Engine
 from engine.speculative import Sampler
 from specmemo_plan.errors import SpecMemoError
@@ -115,7 +117,7 @@ def test_logits_only_at_used_positions(tiny_pair, monkeypatch, hf_target):
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_greedy_equals_transformers_generate(tiny_pair, hf_target, k):
     engine = engine_for(tiny_pair, draft_length=k, max_context=64, max_new_tokens=24)
-    stats = runtime_module.Stats(k)
+    stats = Stats(k)
     for prompt in PROMPTS:
         result = engine.generate([prompt])
         assert result.outputs[0].token_ids == hf_greedy(hf_target, prompt, 24), prompt
@@ -249,7 +251,7 @@ def test_speculative_sampling_is_lossless(tiny_vocab_pair, monkeypatch):
 
 def test_chat_reuses_kv_and_matches_generate(tiny_pair, hf_target):
     engine = engine_for(tiny_pair, draft_length=3, max_context=96, max_new_tokens=12)
-    session = engine.chat(max_new_tokens=12)
+    session = ChatSession(engine, max_new_tokens=12)
     history = []
     for i, user in enumerate([[5, 6, 7, 8], [40, 41, 42], [9, 9, 9, 9, 9]]):
         reply = session.say_ids(user)
@@ -267,7 +269,7 @@ def test_chat_reuses_kv_and_matches_generate(tiny_pair, hf_target):
 
 def test_chat_overflow_refuses_with_a_message(tiny_pair):
     engine = engine_for(tiny_pair, draft_length=2, max_context=40, max_new_tokens=10)
-    session = engine.chat(max_new_tokens=10)
+    session = ChatSession(engine, max_new_tokens=10)
     session.say_ids(list(range(10, 22)))  # 12 + up to 10
     turns = list(session.turns)
     with pytest.raises(SpecMemoError) as err:
@@ -280,7 +282,7 @@ def test_chat_overflow_refuses_with_a_message(tiny_pair):
 
 def test_chat_drop_oldest_turns(tiny_pair, hf_target):
     engine = engine_for(tiny_pair, draft_length=2, max_context=40, max_new_tokens=8)
-    session = engine.chat(max_new_tokens=8, on_overflow="drop-oldest", system_ids=[1, 2])
+    session = ChatSession(engine, max_new_tokens=8, on_overflow="drop-oldest", system_ids=[1, 2])
     first = session.say_ids(list(range(10, 24)))
     second_user = list(range(60, 74))
     reply = session.say_ids(second_user)

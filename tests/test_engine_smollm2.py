@@ -70,7 +70,9 @@ def test_smollm2_greedy_equals_generate(smollm2):
 
 def test_smollm2_chat_reuses_previous_turns(smollm2):
     engine = _engine(smollm2, draft_length=3, max_context=256, max_new_tokens=12)
-    session = engine.chat(system="You are brief.", max_new_tokens=12)
+    from engine.chat import ChatSession
+
+    session = ChatSession(engine, system="You are brief.", max_new_tokens=12)
     first = session.say("Name a colour.")
     second = session.say("And another one?")
     assert second.reused_tokens >= first.prompt_tokens + len(first.token_ids) - 2
@@ -80,9 +82,9 @@ def test_smollm2_chat_reuses_previous_turns(smollm2):
         {"role": "assistant", "content": first.text.strip()},
         {"role": "user", "content": "And another one?"},
     ]
-    from engine.runtime import _template_ids
+    from engine.tokens import template_ids
 
-    ids = _template_ids(engine.tokenizer, conversation)
+    ids = template_ids(engine.tokenizer, conversation)
     assert second.prompt_tokens == len(ids)
     assert second.token_ids == _hf_greedy(smollm2[0].model, ids, 12)
 

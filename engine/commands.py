@@ -1,0 +1,137 @@
+"""The on-device commands of `specmemo-plan`: profile, tune, demo.
+
+They drive the engine, so they live on the engine's side; `specmemo_plan.cli` names them in its
+lazy command table and imports this module when one is called or `--help` lists them. Hence
+nothing heavy at module level here: torch and transformers load inside the commands
+(engine.workflow), and `specmemo-plan --help` stays as quick as the calculator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from specmemo_plan.cli.options import apply, budget_option, emit, json_option, positive, user_errors
+from specmemo_plan.render.workflow import fit_rows, render_tune
+
+DEMO_TARGET = "bundled:smollm2-135m-instruct"
+DEMO_DRAFT = "bundled:smollm2-135m-draft"
+
+MEASURED_OPTIONS = [
+    click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                 help="Weights and compute (fp32 is the fast path on most CPUs for small batches)."),
+    click.option("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: cuda if present)."),
+    click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=None,
+                 help="Use this per-token acceptance instead of measuring it."),
+    click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=16, show_default=True,
+                 help="Calibration prompts for the acceptance measurement."),
+    click.option("--k-max", type=click.IntRange(1, 16), default=8, show_default=True),
+    click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True, help="Timed runs per point (median)."),
+]
+
+
+def measured_options(func):
+    """The options of a profile run, shared by `profile` and `tune` (which may profile first)."""
+    return apply(MEASURED_OPTIONS, func)
+
+
+def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch=8):
+    from .workflow import profile_pair
+
+    return profile_pair(target, draft, dtype=dtype, device=device, acceptance=acceptance, num_prompts=num_prompts,
+                        k_max=k_max, max_context=context, repeats=repeats, max_batch=max_batch)
+
+
+@click.command()
+@click.option("--target", "-t", required=True)
+@click.option("--draft", "-d", default=None)
+@measured_options
+@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive, help="Longest context to profile.")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Largest batch in the latency grid (powers of two up to it, and it).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Measured profile (JSON) to write.")
+@json_option
+@user_errors
+def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch, output, as_json):
+    """Measure forward latencies and the pair's acceptance on this device; fit t(B, n, S)."""
+    from .workflow import save_measured
+
+    measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch)
+    save_measured(measured, output)
+    emit(asdict(measured), as_json, lambda: "\n".join([f"wrote {output}", fit_rows(measured)]))
+
+
+@click.command()
+@click.option("--measured", "measured_path", type=click.Path(dir_okay=False), default=None,
+              help="A measured profile from `profile` (else profile now, with --target/--draft).")
+@click.option("--target", "-t", default=None)
+@click.option("--draft", "-d", default=None)
+@measured_options
+@budget_option(required=False)
+@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Largest batch to search (at most the largest the profile measured).")
+@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Smallest memory keeping this share of the best throughput (e.g. 0.96).")
+@click.option("--verify", is_flag=True, help="Run the engine on the plan; write measured beside predicted.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@json_option
+@user_errors
+def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
+         max_new_tokens, max_batch, retain, verify, output, as_json):
+    """Pick k, batch and prefill chunk for the best predicted throughput inside --budget; write the plan."""
+    from specmemo_plan.autotune import read_measured_profile
+    from specmemo_plan.plan import write_plan
+    from specmemo_plan.tune import tune as tune_plan
+
+    if measured_path:
+        measured = read_measured_profile(measured_path)
+    elif target:
+        measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
+    else:
+        raise click.UsageError("give --measured FILE, or --target (and --draft) to profile now")
+    plan, report = tune_plan(measured, budget, context, max_new_tokens, retain, k_max, max_batch)
+    write_plan(plan, output)
+    verified = None
+    if verify:
+        from .workflow import verify as verify_plan
+        from .workflow import write_verified
+
+        verified = verify_plan(plan, measured, device=device)
+        plan = write_verified(plan, verified, output)
+    emit({"plan": str(output), **plan.to_dict()}, as_json, lambda: render_tune(plan, report, verified))
+
+
+@click.command()
+@click.option("--target", "-t", default=DEMO_TARGET, show_default=True)
+@click.option("--draft", "-d", default=DEMO_DRAFT, show_default=True)
+@budget_option(required=False, default="2GiB", help_text="Memory budget for the plan.")
+@click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive)
+@click.option("--output", "-o", default="plan.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--device", default=None)
+@click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=8, show_default=True,
+              help="Calibration prompts for the acceptance measurement.")
+@click.option("--verify-prompts", type=click.IntRange(1, 96), default=4, show_default=True,
+              help="Calibration prompts the engine generates for, with the plan and with plain decoding.")
+@click.option("--new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="New tokens per prompt in the acceptance measurement and the engine's runs.")
+@json_option
+@user_errors
+def demo(target, draft, budget, context, output, device, num_prompts, verify_prompts, new_tokens, as_json):
+    """The whole chain on the bundled pair: profile, tune, write the plan, generate, compare."""
+    from specmemo_plan.tune import tune as tune_plan
+
+    from .workflow import log, profile_pair, verify, write_verified
+
+    log(f"1/3 profiling {target} + {draft} on this device (a quick grid; `profile` measures a fuller one)")
+    measured = profile_pair(target, draft, dtype="fp32", device=device, num_prompts=num_prompts, k_max=6,
+                            max_context=context, repeats=3, quick=True, acceptance_new_tokens=new_tokens)
+    log("2/3 tuning")
+    plan, report = tune_plan(measured, budget, context, max_new_tokens=128, k_max=6, max_batch=4)
+    log("3/3 generating with the engine (the plan, then plain decoding)")
+    verified = verify(plan, measured, num_prompts=verify_prompts, max_new_tokens=new_tokens, device=device)
+    plan = write_verified(plan, verified, output)
+    emit({"plan": str(output), **plan.to_dict()}, as_json,
+         lambda: "\n".join([fit_rows(measured), render_tune(plan, report, verified)]))

@@ -1,0 +1,307 @@
+"""The autotuner's on-device steps: profile the pair, then verify a plan by running the engine.
+
+`specmemo_plan.tune` turns a measured profile into a plan and never imports the engine (the
+planner does not depend on the runtime); this module does the measuring (engine.profiling) and
+the running (engine.runtime) around it. The verify report is typed (VerifyReport and its parts)
+so that the commands, the renderers (specmemo_plan.render.workflow) and the benches read fields,
+not string keys; `as_dict` gives the JSON, `measured_field` the plan file's `measured` entry.
+Every error is quantities.error_percent: measured relative to predicted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+from specmemo_plan.autotune import MeasuredProfile, fit_latency, samples_to_dicts
+from specmemo_plan.files import write_json_atomic
+from specmemo_plan.memory import breakdown
+from specmemo_plan.models import check_pair, load_shape
+from specmemo_plan.plan import DeviceSpec, Plan, write_plan
+from specmemo_plan.quantities import acceptance_rate, error_percent
+from specmemo_plan.throughput import predict_speed, tokens_per_step_distribution
+
+from .loading import load_model
+from .profiling import calibration_prompts, default_grid, measure_acceptance, measure_latencies
+from .results import Stats
+from .runtime import STATIC_COMPONENTS, Engine
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _this_device(device: str | None = None) -> tuple[DeviceSpec, str, object]:
+    """(DeviceSpec, torch device string, hardware profile or None) of the device the engine will use.
+
+    The one place the engine's side asks which device it is on (the profile, the plans that
+    profiling makes for itself); specmemo_plan.hardware is to offer this as `this_device`."""
+    import torch
+
+    from specmemo_plan.hardware import probe_devices, profile_for_device
+
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    devices, _ = probe_devices(use_torch=True)
+    wanted = "cpu" if name == "cpu" else ("rocm" if getattr(torch.version, "hip", None) else "cuda")
+    probed = next((d for d in devices if d.backend == wanted), devices[-1])
+    profile = profile_for_device(probed) if probed.profile_key else None
+    spec = DeviceSpec(kind=probed.backend, name=probed.name, total_memory_bytes=probed.total_memory_bytes,
+                      profile=profile.key if profile else None)
+    return spec, name, profile
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", device: str | None = None,
+                 acceptance: float | None = None, num_prompts: int = 16, k_max: int = 8,
+                 max_context: int = 2048, repeats: int = 5, grid: dict | None = None, quick: bool = False,
+                 acceptance_new_tokens: int = 48, max_batch: int = 8) -> MeasuredProfile:
+    """Measure latencies of both models over a grid, fit them, and measure (or take) the acceptance."""
+    spec, torch_device, _ = _this_device(device)
+    target = load_model(target_ref, dtype, torch_device)
+    draft = load_model(draft_ref, dtype, torch_device, seed=1) if draft_ref else None
+    if draft is not None:
+        check_pair(target.shape, draft.shape)
+    grid = grid or default_grid(torch_device, max_context, quick, max_batch)
+    t0 = time.perf_counter()
+    samples = measure_latencies(target, "target", dtype, grid["batches"], grid["token_counts"], grid["contexts"], repeats)
+    if draft is not None:
+        samples += measure_latencies(draft, "draft", dtype, grid["batches"], [1, 2], grid["contexts"], repeats)
+    latency_s = time.perf_counter() - t0
+    target_fit = fit_latency([s for s in samples if s.model == "target"])
+    draft_fit = fit_latency([s for s in samples if s.model == "draft"]) if draft is not None else None
+    log(f"latency fit: target {target_fit.mean_abs_pct_error:.1f}% mean error"
+        + (f", draft {draft_fit.mean_abs_pct_error:.1f}%" if draft_fit else ""))
+    histogram, source, notes = None, "given", {"latency_seconds": latency_s, "grid": grid}
+    if draft is not None:
+        if acceptance is None:
+            t1 = time.perf_counter()
+            histogram, info = measure_acceptance(target, draft, target_ref, dtype, k_max, num_prompts,
+                                                 max_new_tokens=acceptance_new_tokens)
+            notes.update(acceptance_seconds=time.perf_counter() - t1, acceptance_run=info)
+            source = "measured"
+            log(f"acceptance: {acceptance_rate(histogram):.3f} per token over {info['new_tokens']} tokens")
+        else:
+            # i.i.d. acceptance a as a histogram at k_max: P(i accepted) = a^i (1 - a), P(k_max) = a^k_max
+            histogram = tokens_per_step_distribution(k_max, acceptance)
+    return MeasuredProfile(
+        device=asdict(spec) | {"torch_device": torch_device},
+        target={"ref": target_ref, "dtype": dtype, "fingerprint": target.shape.fingerprint},
+        draft={"ref": draft_ref, "dtype": dtype, "fingerprint": draft.shape.fingerprint} if draft else None,
+        samples=samples_to_dicts(samples), target_fit=asdict(target_fit),
+        draft_fit=asdict(draft_fit) if draft_fit else None,
+        acceptance_histogram=histogram, acceptance_source=source if draft else "none",
+        notes=notes | {"random_weights": {"target": target.random_weights, "draft": draft.random_weights if draft else None}},
+    )
+
+
+def save_measured(profile: MeasuredProfile, path) -> None:
+    write_json_atomic(asdict(profile), path)
+
+
+# ----------------------------------------------------------------------------- the verify report
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One plan's run over the calibration prompts, all batches together."""
+
+    draft_length: int
+    new_tokens: int
+    max_new: int  # new tokens asked per prompt
+    decode_tokens_per_s: float
+    tokens_per_s: float
+    mean_context: float  # cached tokens a step saw on average (prompt + half the answer)
+    accepted_histogram: list[int]
+    row_utilisation: float | None
+    acceptance_rate: float | None  # quantities.acceptance_rate; None for plain decoding
+
+    def as_dict(self) -> dict:
+        data = {"new_tokens": self.new_tokens, "max_new": self.max_new, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "tokens_per_s": self.tokens_per_s, "mean_context": self.mean_context,
+                "accepted_histogram": self.accepted_histogram, "row_utilisation": self.row_utilisation}
+        if self.draft_length:
+            data["acceptance_rate"] = self.acceptance_rate
+        return data
+
+
+@dataclass(frozen=True)
+class RunMeasurement:
+    stats: RunStats
+    memory: dict  # Engine.memory_report(): {"predicted": ..., "measured": ...}, as `python -m engine --json`
+
+    def static_bytes(self, side: str) -> int:
+        """Sum of the static components (weights, KV, step buffers), "predicted" or "measured"."""
+        return sum(self.memory[side]["components"][c] for c in STATIC_COMPONENTS)
+
+    def as_dict(self) -> dict:
+        return {"stats": self.stats.as_dict(), "memory": self.memory}
+
+
+@dataclass(frozen=True)
+class PredictedAtRun:
+    """The prediction at the context the run actually saw (the plan's is at max_context / 2)."""
+
+    tokens_per_s: float
+    plain_tokens_per_s: float
+    speedup: float
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """Activations with the whole context filled once (worst_case_activations)."""
+
+    prompt_tokens: int
+    batch: int
+    predicted_activation_bytes: int
+    measured_activation_bytes: int | None
+    error_percent: float | None
+
+
+@dataclass(frozen=True)
+class MemoryErrors:
+    static_total: float | None  # the static components together: 0 when the engine allocates the plan
+    total: float | None  # everything measured against the plan's total
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    prompts: int
+    max_new_tokens: int
+    engine: RunMeasurement  # the plan as written
+    memory_error_percent: MemoryErrors
+    plain: RunMeasurement | None = None  # plain decoding, same batch and context
+    predicted_at_run_context: PredictedAtRun | None = None  # with a measured profile
+    throughput_error_percent: float | None = None
+    plain_throughput_error_percent: float | None = None
+    measured_speedup: float | None = None
+    worst_case: WorstCase | None = None
+
+    def as_dict(self) -> dict:
+        """The report as JSON; entries that were not measured are left out."""
+        data = {"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "engine": self.engine.as_dict(),
+                "predicted_at_run_context": asdict(self.predicted_at_run_context) if self.predicted_at_run_context else None,
+                "throughput_error_percent": self.throughput_error_percent,
+                "plain": self.plain.as_dict() if self.plain else None, "measured_speedup": self.measured_speedup,
+                "plain_throughput_error_percent": self.plain_throughput_error_percent,
+                "worst_case": asdict(self.worst_case) if self.worst_case else None,
+                "memory_error_percent": asdict(self.memory_error_percent)}
+        return {key: value for key, value in data.items() if value is not None}
+
+    def measured_field(self) -> dict:
+        """The plan file's `measured` entry."""
+        stats = self.engine.stats
+        return {
+            "decode_tokens_per_s": stats.decode_tokens_per_s, "acceptance_rate": stats.acceptance_rate,
+            "speedup_over_plain": self.measured_speedup,
+            "plain_decode_tokens_per_s": self.plain.stats.decode_tokens_per_s if self.plain else None,
+            "predicted_at_run_context": asdict(self.predicted_at_run_context) if self.predicted_at_run_context else None,
+            "throughput_error_percent": self.throughput_error_percent,
+            "memory": self.engine.memory["measured"]["components"],
+            "memory_error_percent": asdict(self.memory_error_percent),
+            "worst_case_activations": asdict(self.worst_case) if self.worst_case else None,
+            "run": {"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "mean_context": stats.mean_context},
+        }
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str], max_new_tokens: int) -> RunMeasurement:
+    """The engine on `plan` over `prompts`, in batches of the plan's batch: measured speed and memory.
+    A measurement, not a service: a prompt longer than the room left keeps its last tokens."""
+    engine = Engine(plan, device=torch_device, target=target, draft=draft)
+    B = plan.knobs.batch_size
+    total, contexts = Stats(plan.knobs.draft_length), []
+    max_new = min(max_new_tokens, plan.knobs.max_context // 2)
+    room = plan.knobs.max_context - max_new
+    for i in range(0, len(prompts), B):
+        ids = [engine.encode(text)[-room:] for text in prompts[i : i + B]]
+        result = engine.generate(ids, max_new_tokens=max_new)
+        total.merge(result.stats)
+        contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
+    stats = RunStats(
+        draft_length=plan.knobs.draft_length, new_tokens=total.new_tokens, max_new=max_new,
+        decode_tokens_per_s=total.new_tokens / (total.total_s - total.prefill_s),
+        tokens_per_s=total.new_tokens / total.total_s, mean_context=sum(contexts) / len(contexts),
+        accepted_histogram=total.accepted_histogram, row_utilisation=total.as_dict()["row_utilisation"],
+        acceptance_rate=total.acceptance_rate,
+    )
+    return RunMeasurement(stats, engine.memory_report())
+
+
+def _plain_plan(plan: Plan) -> Plan:
+    """The plan without its draft: plain decoding with the same batch and context."""
+    knobs = replace(plan.knobs, draft_length=0, draft_weight_dtype=None)
+    memory = breakdown(load_shape(plan.target.ref), None, knobs).as_dict()
+    return replace(plan, draft=None, knobs=knobs, prediction=replace(plan.prediction, memory=memory))
+
+
+def _predict_at_run(plan: Plan, measured: MeasuredProfile, stats: RunStats) -> PredictedAtRun:
+    target = load_shape(plan.target.ref)
+    draft = load_shape(plan.draft.ref) if plan.draft else None
+    kwargs = {"histogram": measured.acceptance_histogram} if plan.draft and measured.acceptance_histogram else {}
+    speed = predict_speed(target, draft, plan.knobs, measured.latency(), context=int(stats.mean_context),
+                          new_tokens=stats.max_new, **kwargs)
+    return PredictedAtRun(speed.tokens_per_s, speed.plain_tokens_per_s, speed.speedup)
+
+
+def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int = 8, max_new_tokens: int = 64,
+           device: str | None = None, compare_plain: bool = True, models: tuple | None = None,
+           worst_case: bool = True) -> VerifyReport:
+    """Run the engine on the plan over calibration prompts (batches of the plan's batch), and plain
+    decoding with the same batch and context; measured speed and memory beside the predictions.
+    `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading.
+    `worst_case`: also fill the whole context once (worst_case_activations), since chat prompts
+    never reach the activation peak the plan reserves."""
+    torch_device = device or (measured.device.get("torch_device") if measured else None) or "cpu"
+    if models is not None:
+        target, draft = models
+    else:
+        target = load_model(plan.target.ref, plan.knobs.weight_dtype, torch_device)
+        draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device, seed=1) if plan.draft else None
+    draft = draft if plan.draft is not None else None
+    prompts = [p["turns"][0] for p in calibration_prompts(num_prompts)]
+    sd = run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens)
+    at_run = _predict_at_run(plan, measured, sd.stats) if measured is not None else None
+    plain = None
+    if compare_plain and plan.draft is not None:
+        plain = run_prompts(_plain_plan(plan), target, None, torch_device, prompts, max_new_tokens)
+    return VerifyReport(
+        prompts=len(prompts), max_new_tokens=max_new_tokens, engine=sd,
+        memory_error_percent=MemoryErrors(
+            static_total=error_percent(sd.static_bytes("measured"), sd.static_bytes("predicted")),
+            total=sd.memory["measured"]["total_error_percent"]),
+        plain=plain, predicted_at_run_context=at_run,
+        throughput_error_percent=error_percent(sd.stats.decode_tokens_per_s, at_run.tokens_per_s) if at_run else None,
+        plain_throughput_error_percent=error_percent(plain.stats.decode_tokens_per_s, at_run.plain_tokens_per_s)
+        if at_run and plain else None,
+        measured_speedup=sd.stats.decode_tokens_per_s / plain.stats.decode_tokens_per_s if plain else None,
+        worst_case=worst_case_activations(plan, target, draft, torch_device, prompts) if worst_case else None,
+    )
+
+
+def worst_case_activations(plan: Plan, target, draft, torch_device: str, texts: list[str]) -> WorstCase:
+    """The transient peak the plan's activation estimate bounds: every row of the plan's batch
+    prefilled to the full context (max_context - 1 prompt tokens, so the last prefill chunk
+    attends over every slot), one new token. Measured as the prefill phase's transient peak
+    (CPU: peak RSS growth; CUDA/ROCm: torch's peak allocated bytes over the static ones)."""
+    engine = Engine(plan, device=torch_device, target=target, draft=draft)
+    room = plan.knobs.max_context - 1
+    ids = [token for text in texts for token in engine.encode(text, chat_template=False)] or [0]
+    prompt = (ids * (room // len(ids) + 1))[:room]  # real text, repeated to fill the context
+    engine.generate([prompt] * plan.knobs.batch_size, max_new_tokens=1, ignore_eos=True)
+    memory = engine.memory_report()
+    measured = memory["measured"]["components"]["activations"]
+    predicted = memory["predicted"]["components"]["activations"]
+    return WorstCase(prompt_tokens=room, batch=plan.knobs.batch_size, predicted_activation_bytes=predicted,
+                     measured_activation_bytes=measured, error_percent=error_percent(measured, predicted))
+
+
+def write_verified(plan: Plan, report: VerifyReport, path) -> Plan:
+    """The plan with `measured` filled from a verify report, written atomically."""
+    verified = replace(plan, measured=report.measured_field())
+    write_plan(verified, path)
+    return verified

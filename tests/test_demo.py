@@ -1,0 +1,46 @@
+"""`specmemo-plan demo` end to end on the tiny random pair: profile, tune, write the plan, verify.
+
+The main command must not contradict itself: every note it prints describes the plan it wrote.
+Small prompt counts and a short context keep it to seconds.
+"""
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from specmemo_plan.cli import cli
+from specmemo_plan.plan import read_plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_demo_writes_a_plan_its_notes_describe(tiny_pair, tmp_path):
+    target, draft = tiny_pair
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(cli, ["demo", "-t", target, "-d", draft, "--budget", "64MiB", "-c", "128",
+                                      "--prompts", "2", "--verify-prompts", "2", "--new-tokens", "8", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = read_plan(out)
+    k, batch = plan.knobs.draft_length, plan.knobs.batch_size
+    assert plan.measured is not None and plan.measured["decode_tokens_per_s"] > 0
+    assert plan.provenance["min_budget_batch"] == batch
+
+    # the summary line names the plan in the file, and no note judges another plan
+    assert f"wrote plan: k={k}, batch {batch}," in result.stdout
+    notes = re.findall(r"^note: (.*)$", result.stdout, flags=re.M)
+    assert notes == plan.provenance["notes"]
+    for note in notes:
+        if "planning plain decoding" in note:
+            assert plan.draft is None and k == 0, note
+        if "minimum" in note or "does not pay" in note:
+            assert f"batch {batch}" in note, note
+
+    # render_verify's table: measured beside predicted, for the plan and (with a draft) plain decoding
+    assert "verified on 2 calibration prompts, up to 8 new tokens each:" in result.stdout
+    assert re.search(r"^run\s+measured tok/s \(decode\)\s+predicted tok/s\s+error\s+acceptance$", result.stdout, re.M)
+    assert re.search(r"^engine \(plan\)\s+[\d,.]+\s+[\d,.]+\s+[-+][\d.]+%", result.stdout, re.M)
+    if plan.draft is not None:
+        assert re.search(r"^plain decoding\s+[\d,.]+\s+[\d,.]+", result.stdout, re.M)
+    assert re.search(r"^target_kv\s+[\d.]+\s+[\d.]+\s+\+0\.0%$", result.stdout, re.M)  # static: the plan, to the byte
+    assert "activations with the context filled" in result.stdout
