@@ -51,7 +51,8 @@ from engine.tokens import template_ids  # noqa: E402
 from specmemo_plan.errors import SpecMemoError  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
 from specmemo_plan.models import load_shape  # noqa: E402
-from specmemo_plan.plan import DeviceSpec, Generation, make_plan  # noqa: E402
+from specmemo_plan.hardware import this_device  # noqa: E402
+from specmemo_plan.plan import Generation, make_plan  # noqa: E402
 
 DEFAULT_TARGET = "bundled:smollm2-135m-instruct"
 DEFAULT_DRAFT = "bundled:smollm2-135m-draft"
@@ -147,10 +148,9 @@ def run(args) -> dict:
 
     context = max(len(p) for p in prompts) + max_new
     knobs = Knobs(batch_size=1, max_context=context, draft_length=k, weight_dtype=args.dtype)
-    kind = "cpu" if device.type == "cpu" else ("rocm" if torch.version.hip else "cuda")
-    name = "cpu" if kind == "cpu" else torch.cuda.get_device_name(device)
-    plan = make_plan(args.target, target.shape, draft_plan_ref, draft.shape, knobs,
-                     DeviceSpec(kind=kind, name=name, total_memory_bytes=2**40), 2**40,
+    spec = this_device(torch_device=str(device), use_torch=True).spec
+    # a budget no run reaches: the bench measures memory, it does not cap it
+    plan = make_plan(args.target, target.shape, draft_plan_ref, draft.shape, knobs, spec, 2**40,
                      generation=Generation(max_new_tokens=max_new))
     engine = Engine(plan, device=str(device), target=target, draft=draft, tokenizer=tokenizer)
     # the same engine without a draft (k=0): what of the gain is the runtime, what is speculation

@@ -33,22 +33,14 @@ def log(message: str) -> None:
 
 
 def _this_device(device: str | None = None) -> tuple[DeviceSpec, str, object]:
-    """(DeviceSpec, torch device string, hardware profile or None) of the device the engine will use.
-
-    The one place the engine's side asks which device it is on (the profile, the plans that
-    profiling makes for itself); specmemo_plan.hardware is to offer this as `this_device`."""
+    """(DeviceSpec, torch device string, hardware profile or None) of the device the engine will use:
+    specmemo_plan.hardware.this_device for the torch device asked for (default: cuda if present)."""
     import torch
 
-    from specmemo_plan.hardware import probe_devices, profile_for_device
+    from specmemo_plan.hardware import this_device
 
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    devices, _ = probe_devices(use_torch=True)
-    wanted = "cpu" if name == "cpu" else ("rocm" if getattr(torch.version, "hip", None) else "cuda")
-    probed = next((d for d in devices if d.backend == wanted), devices[-1])
-    profile = profile_for_device(probed) if probed.profile_key else None
-    spec = DeviceSpec(kind=probed.backend, name=probed.name, total_memory_bytes=probed.total_memory_bytes,
-                      profile=profile.key if profile else None)
-    return spec, name, profile
+    local = this_device(torch_device=device or ("cuda" if torch.cuda.is_available() else "cpu"), use_torch=True)
+    return local.spec, local.torch_device, local.profile
 
 
 # ----------------------------------------------------------------------------- profile
@@ -224,7 +216,7 @@ def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str]
         contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
     stats = RunStats(
         draft_length=plan.knobs.draft_length, new_tokens=total.new_tokens, max_new=max_new,
-        decode_tokens_per_s=total.new_tokens / (total.total_s - total.prefill_s),
+        decode_tokens_per_s=total.decode_tokens_per_s,  # tokens after the prefill's first, per decode second
         tokens_per_s=total.new_tokens / total.total_s, mean_context=sum(contexts) / len(contexts),
         accepted_histogram=total.accepted_histogram, row_utilisation=total.as_dict()["row_utilisation"],
         acceptance_rate=total.acceptance_rate,
