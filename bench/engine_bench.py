@@ -18,7 +18,7 @@ prompts (specmemo_plan/data), one per category, in the chat template.
 Measured per method:
 - tokens/s: new tokens of all prompts / wall time of their generate calls (prefill included); the
   methods run interleaved prompt by prompt (order rotated), best of --repeats passes;
-- peak generation memory = peak memory during generation minus the weights (PAPER.md). On CPU it is
+- peak generation memory = peak memory during generation minus the weights (docs/memory-model.md). On CPU it is
   the process's peak RSS during a generate call (VmHWM, reset through /proc/self/clear_refs after
   malloc_trim) minus the RSS before it, the largest over the prompts; for the engine, whose KV caches and step buffers are
   allocated once beforehand, their exact bytes are added. On CUDA: torch's peak allocated bytes

@@ -245,7 +245,7 @@ def forward_activation_bytes(model: ModelShape, batch_size: int, num_tokens: int
     - the 4D bool attention mask B * n * S.
     An upper bound for our engine, which packs grouped-query heads instead of expanding K/V
     (engine/attention.py) and whose CPU SDPA (flash kernel) does not materialise scores. On CPU,
-    SmolLM2 fp32 with the context filled (1024 slots; `worst_case_activations` in tuning.py), the
+    SmolLM2 fp32 with the context filled (1024 slots; `worst_case_activations` in engine/workflow.py), the
     process's peak RSS growth with glibc's mmap threshold fixed at 128 KiB (so freed tensors
     leave the process) was 46.0 / 13.8 / 37.4 / 123.6 / 25.1 MiB against 52.1 / 16.4 / 56.6 /
     208.3 / 41.8 MiB predicted (B x chunk = 1x1024, 1x256, 2x512, 4x1024, 4x128). With glibc's

@@ -271,16 +271,6 @@ def predict_speed(
                            hops, draft_ms)
 
 
-def best_draft_length(target, draft, knobs, latency, k_max=MAX_DRAFT_LENGTH, **speed_kwargs) -> tuple[int, SpeedPrediction]:
-    """The k in 1..k_max with the highest predicted tokens/s (memory not considered)."""
-    best = None
-    for k in range(1, k_max + 1):
-        prediction = predict_speed(target, draft, replace(knobs, draft_length=k), latency, **speed_kwargs)
-        if best is None or prediction.tokens_per_s > best[1].tokens_per_s:
-            best = (k, prediction)
-    return best
-
-
 def roofline_from_profile(profile, dtype: str) -> RooflineLatency:
     """The roofline of a hardware profile (profiles/*.toml) for weights stored in `dtype`."""
     return RooflineLatency(

@@ -113,6 +113,15 @@ def _plan_notes(target, draft, chosen, result: SearchResult, budget: int, measur
         + (f" (acceptance {a:.3f})" if a is not None else "") + plain]
 
 
+def _k_limit_note(k: int, k_max: int, histogram) -> list[str]:
+    """A plan whose k is the largest searched says so: the optimum may lie past the limit."""
+    limit = min(k_max, len(histogram) - 1) if histogram else k_max
+    if k == 0 or k < limit:
+        return []
+    return [f"k={k} is the largest draft length searched (--k-max and the acceptance histogram stop at {limit}): "
+            "a longer draft may be faster; profile with a larger --k-max to see"]
+
+
 def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_new_tokens: int = 256,
          retain: float | None = None, k_max: int = 8, max_batch: int = 16,
          kv_dtype: str | None = None) -> tuple[Plan, TuneReport]:
@@ -131,7 +140,7 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     search_s = time.perf_counter() - t0
     chosen = result.chosen
     minimum, plan_notes = _plan_notes(target, draft, chosen, result, budget, measured, k_max)
-    notes = plan_notes + notes
+    notes = plan_notes + notes + _k_limit_note(chosen.knobs.draft_length, k_max, measured.acceptance_histogram)
     use_draft = chosen.knobs.draft_length > 0
     histogram = measured.acceptance_histogram
     latency = measured.latency()

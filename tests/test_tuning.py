@@ -156,3 +156,28 @@ def test_search_stays_inside_the_measured_range():
     # inside the measured range: no such notes
     _, inside = tune(synthetic_measured(), 64 * 2**30, context=512, max_new_tokens=128, k_max=4, max_batch=4)
     assert not any("measured" in n or "profiled" in n for n in inside.notes), inside.notes
+
+
+def test_a_plan_at_the_k_limit_says_so():
+    """With near-certain acceptance the best k is the longest measured one; the notes say it is the limit."""
+    from specmemo_plan.tune import tune
+
+    plan, report = tune(synthetic_measured(acceptance=0.99, k_max=2), 2**40, 1024, max_batch=4)
+    assert plan.knobs.draft_length == 2
+    assert any("largest draft length searched" in n and "stop at 2" in n for n in report.notes), report.notes
+    plan, report = tune(synthetic_measured(acceptance=0.99, k_max=4), 2**40, 1024, max_batch=4, k_max=8)
+    assert plan.knobs.draft_length == 4 and any("stop at 4" in n for n in report.notes)
+
+
+def test_random_weight_config_reads_the_file_the_shape_came_from(tmp_path):
+    """A multi-device plan of a bare config.json loads its config, not a preset of that name (a bug)."""
+    from specmemo_plan.errors import SpecMemoError
+    from specmemo_plan.models import load_preset_config, load_shape, random_weight_config
+
+    cfg = {k: v for k, v in load_preset_config("llama-68m").items() if not k.startswith("_")}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert random_weight_config(load_shape(str(path))) == cfg
+    assert random_weight_config(load_shape("llama-68m")) == cfg
+    with pytest.raises(SpecMemoError, match="real weights"):
+        random_weight_config(load_shape("bundled:smollm2-135m-draft"))
