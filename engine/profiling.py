@@ -213,7 +213,7 @@ def default_grid(device: torch.device, max_context: int, quick: bool = False, ma
     batches = sorted({b for b in (1, 2, 4, 8) if b <= max_batch} | {max_batch})
     if quick:
         return {"batches": batches[:3], "token_counts": [1, 2, 4, 7], "contexts": sorted({32, min(512, max_context)})}
-    contexts = sorted({64, min(512, max_context), min(2048, max_context)})
+    contexts = sorted({64, min(512, max_context), max_context})  # the longest is the one asked for
     # 3 and 4 tokens both: this CPU's matrix kernels step between them (autotune.py's g)
     return {"batches": batches, "token_counts": [1, 2, 3, 4, 6, 9], "contexts": contexts}
 

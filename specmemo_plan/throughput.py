@@ -23,7 +23,7 @@ from typing import Protocol, Sequence
 from .errors import SpecMemoError
 from .memory import Knobs, compute_dtype, dtype_bytes, weight_bytes
 from .models import ModelShape
-from .quantities import acceptance_rate
+from .quantities import acceptance_rate, tokens_per_step
 
 # Per-token acceptance when none is measured or given: the middle of the 0.5-0.9 range that
 # Leviathan et al. (2023, Table 3) report for small drafts of the same family.
@@ -45,15 +45,12 @@ def expected_tokens_per_step(acceptance: float, k: int) -> float:
 
 
 def expected_tokens_from_histogram(histogram: Sequence[float], k: int) -> float:
-    """Mean tokens per step at draft length k from a histogram measured at k_max = len - 1.
-
-    histogram[i] = share of steps that accepted exactly i drafts. At a shorter k, a step that
-    accepted i >= k drafts accepts all k; every step adds the bonus (or correction) token.
-    """
-    total = float(sum(histogram))
-    if total <= 0:
-        raise SpecMemoError("acceptance histogram is empty")
-    return 1.0 + sum(min(i, k) * count for i, count in enumerate(histogram)) / total
+    """Mean tokens per step at draft length k from a histogram measured at k_max = len - 1:
+    quantities.tokens_per_step of the histogram cut at k (a step that accepted i >= k drafts accepts all k)."""
+    folded = [0.0] * (k + 1)
+    for i, count in enumerate(histogram):
+        folded[min(i, k)] += count
+    return tokens_per_step(folded)
 
 
 def tokens_per_step_distribution(k: int, acceptance: float = DEFAULT_ACCEPTANCE,

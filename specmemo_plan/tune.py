@@ -56,7 +56,7 @@ def _range_notes(measured: MeasuredProfile, max_batch: int, context: int) -> tup
     if context > longest:
         notes.append(f"the context {context} runs past the longest profiled one ({longest} cached tokens): the fit's "
                      "context terms are linear in it, so latency there is that line extended, not measured; "
-                     f"profile with --context {context} to measure it")
+                     f"`specmemo-plan profile --context {context}` measures it")
     return min(max_batch, largest), notes
 
 

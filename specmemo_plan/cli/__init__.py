@@ -1,9 +1,10 @@
 """`specmemo-plan`: a thin click group. Each command gathers numbers, then renders a table or --json.
 
-The calculator commands (presets, estimate, min-budget, fit, plan, devices, compare, export) import
-neither torch nor transformers, so they answer in a fraction of a second. The on-device commands
-(profile, tune, demo) drive the engine; they live on the engine's side (`engine/commands.py`) and are
-loaded by name only when called, so the planner never imports the engine.
+The calculator commands (presets, estimate, min-budget, fit, plan, compare, export) import neither
+torch nor transformers, so they answer in a fraction of a second; `devices` asks torch too when NVML
+and amdsmi find no GPU. The on-device commands (profile, tune, demo) drive the engine; they live on
+the engine's side (`engine/commands.py`), named here by a string and imported when called or listed
+by --help (that module imports torch only inside its commands), so the planner never imports the engine.
 """
 
 from __future__ import annotations
