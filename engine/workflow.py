@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 from specmemo_plan.autotune import MeasuredProfile, fit_latency, samples_to_dicts
 from specmemo_plan.files import write_json_atomic
-from specmemo_plan.memory import breakdown
+from specmemo_plan.memory import breakdown, plain_knobs
 from specmemo_plan.models import check_pair, load_shape
 from specmemo_plan.plan import DeviceSpec, Plan, write_plan
 from specmemo_plan.quantities import acceptance_rate, error_percent
@@ -226,7 +226,7 @@ def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str]
 
 def _plain_plan(plan: Plan) -> Plan:
     """The plan without its draft: plain decoding with the same batch and context."""
-    knobs = replace(plan.knobs, draft_length=0, draft_weight_dtype=None)
+    knobs = plain_knobs(plan.knobs)
     memory = breakdown(load_shape(plan.target.ref), None, knobs).as_dict()
     return replace(plan, draft=None, knobs=knobs, prediction=replace(plan.prediction, memory=memory))
 

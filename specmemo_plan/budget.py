@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .errors import SpecMemoError
-from .memory import Knobs, MemoryBreakdown, breakdown
+from .memory import Knobs, MemoryBreakdown, breakdown, plain_knobs
 from .models import ModelShape
 from .placement import DEFAULT_POLICY, DeviceSplit, fits, split_layers
 from .throughput import MAX_DRAFT_LENGTH, LatencyModel, SpeedPrediction, predict_speed
@@ -94,7 +94,7 @@ def min_budget(
 
 def _plain_total(target, knobs, devices, overhead, policy) -> int:
     """Plain decoding with the same batch and context at its own smallest budget, all devices together."""
-    plain = replace(knobs, draft_length=0, draft_weight_dtype=None)
+    plain = plain_knobs(knobs)
     need = need_per_device(target, None, plain, devices, overhead)
     return split_layers(target, None, plain, [need] * devices, overhead, policy).total.total_bytes
 

@@ -13,7 +13,7 @@ from .autotune import MeasuredProfile, search
 from .budget import min_budget
 from .errors import SpecMemoError
 from .hardware import HardwareProfile
-from .memory import Knobs, breakdown
+from .memory import Knobs, breakdown, plain_knobs
 from .models import ModelShape
 from .throughput import MAX_DRAFT_LENGTH, roofline_from_profile
 
@@ -79,7 +79,7 @@ def compare_measured(measured: MeasuredProfile, label: str, target: ModelShape, 
 def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: ModelShape, draft: ModelShape,
              knobs: Knobs, k_max: int, speed_kwargs: dict) -> DeviceVerdict:
     single = replace(knobs, batch_size=1)
-    plain_fits = breakdown(target, None, replace(single, draft_length=0, draft_weight_dtype=None), overhead).total_bytes <= memory
+    plain_fits = breakdown(target, None, plain_knobs(single), overhead).total_bytes <= memory
     sd_fits = breakdown(target, draft, replace(single, draft_length=1), overhead).total_bytes <= memory
     note = ""
     try:

@@ -13,7 +13,7 @@ so prediction and allocation agree to the byte (tests check it on CPU). The tran
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import SpecMemoError
 from .models import ModelShape
@@ -308,3 +308,7 @@ def breakdown(
         }
     )
 
+
+def plain_knobs(knobs: Knobs) -> Knobs:
+    """The same knobs without speculation: the plain-decoding baseline (no draft, k = 0)."""
+    return replace(knobs, draft_length=0, draft_weight_dtype=None)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from .autotune import MeasuredProfile, SearchResult, search
 from .budget import min_budget
 from .errors import SpecMemoError
-from .memory import Knobs, breakdown
+from .memory import Knobs, breakdown, plain_knobs
 from .models import ModelShape, load_shape
 from .plan import DeviceSpec, Generation, Plan, make_plan
 from .quantities import acceptance_rate
@@ -74,7 +74,7 @@ def _search(target, draft, base: Knobs, budget: int, measured: MeasuredProfile, 
         return search(target, draft, base, budget, measured.latency(), histogram=measured.acceptance_histogram,
                       device_overhead_bytes=measured.runtime_overhead_bytes, **kwargs)
     except SpecMemoError:
-        need = breakdown(target, None, replace(base, draft_length=0), measured.runtime_overhead_bytes).total_bytes
+        need = breakdown(target, None, plain_knobs(base), measured.runtime_overhead_bytes).total_bytes
         raise SpecMemoError(
             f"the budget {format_bytes(budget)} is below the minimum: plain decoding at batch 1 needs {format_bytes(need)}",
             f"raise --budget to at least {need} bytes, or shorten --context",
