@@ -149,12 +149,13 @@ def run(args) -> dict:
     context = max(len(p) for p in prompts) + max_new
     knobs = Knobs(batch_size=1, max_context=context, draft_length=k, weight_dtype=args.dtype)
     spec = this_device(torch_device=str(device), use_torch=True).spec
-    # a budget no run reaches: the bench measures memory, it does not cap it
-    plan = make_plan(args.target, target.shape, draft_plan_ref, draft.shape, knobs, spec, 2**40,
+    # the whole device as the budget: the bench measures memory, it does not cap it
+    plan = make_plan(args.target, target.shape, draft_plan_ref, draft.shape, knobs, spec, spec.total_memory_bytes,
                      generation=Generation(max_new_tokens=max_new))
     engine = Engine(plan, device=str(device), target=target, draft=draft, tokenizer=tokenizer)
     # the same engine without a draft (k=0): what of the gain is the runtime, what is speculation
-    plain_plan = make_plan(args.target, target.shape, None, None, replace(knobs, draft_length=0), plan.device, 2**40,
+    plain_plan = make_plan(args.target, target.shape, None, None, replace(knobs, draft_length=0), plan.device,
+                           spec.total_memory_bytes,
                            generation=Generation(max_new_tokens=max_new))
     engine_plain = Engine(plain_plan, device=str(device), target=target, tokenizer=tokenizer)
 

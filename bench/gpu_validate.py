@@ -64,7 +64,9 @@ def device_setup(dry_run: bool):
     if dry_run or not torch.cuda.is_available():
         if not dry_run:
             raise SystemExit("error: no CUDA/ROCm device visible to torch (use --dry-run for the CPU path)")
-        return torch.device("cpu"), DeviceSpec(kind="cpu", name="cpu", total_memory_bytes=2**40), None
+        from specmemo_plan.hardware import this_device
+
+        return torch.device("cpu"), this_device(torch_device="cpu").spec, None
     from specmemo_plan.hardware import probe_devices, profile_for_device
 
     device = torch.device("cuda", 0)

@@ -10,6 +10,9 @@
 - engine.loading: models from presets, HF folders, GGUF; engine.placement: multi-device plans through accelerate.
 - engine.profiling, engine.workflow: what the autotuner measures (latency grid, acceptance replay) and the
   profile -> tune -> verify workflow on this device; engine.commands: its `specmemo-plan` commands.
+- engine.checks: the plan against this engine and this machine (device, memory, the prediction recomputed),
+  before anything loads; engine.prompts: prompts checked (encoding, count, length) before the weights load;
+  engine.model_cache: the content-keyed cache of converted GGUF models.
 - engine.memory_probe: measured memory on CPU (tensor bytes, VmHWM per phase), CUDA/ROCm (torch, NVML, amdsmi).
 
 Nothing is imported here, so `import engine.loading` stays light.

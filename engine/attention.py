@@ -32,7 +32,9 @@ def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
     B, H, n, D = query.shape
     plain = (
         rep == 1 or n == 1 or attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
-        or key.shape[1] * rep != H or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+        or key.shape[1] * rep != H or key.shape[-1] != value.shape[-1]  # MLA: a value head narrower than the key's
+        or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+        or kwargs.get("s_aux") is not None  # GPT-OSS attention sinks: transformers' own path
     )
     if plain:  # nothing to save (or a case we leave to transformers): its own SDPA path
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import click
 
-from specmemo_plan.cli.options import apply, budget_option, emit, json_option, positive, user_errors
+from specmemo_plan.cli.options import apply, budget_option, emit, json_option, model_files, positive, user_errors
 from specmemo_plan.render.workflow import fit_rows, render_tune
 
 DEMO_TARGET = "bundled:smollm2-135m-instruct"
@@ -40,6 +40,14 @@ def measured_options(func):
     return apply(MEASURED_OPTIONS, func)
 
 
+def _check_output(output, *inputs) -> None:
+    """Refuse an -o that cannot be written (a missing folder, a device, one of the inputs) before any work
+    (specmemo_plan.files.check_output_path); the write itself checks again."""
+    from specmemo_plan.files import check_output_path
+
+    check_output_path(output, inputs=[i for i in inputs if i])
+
+
 def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch=8):
     from .workflow import profile_pair
 
@@ -59,6 +67,7 @@ def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repea
 @user_errors
 def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch, output, as_json):
     """Measure forward latencies and the pair's acceptance on this device; fit t(B, n, S)."""
+    _check_output(output, *model_files(target, draft))  # before torch loads (seconds)
     from .workflow import save_measured
 
     measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch)
@@ -85,14 +94,23 @@ def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeat
 @user_errors
 def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
          max_new_tokens, max_batch, retain, verify, output, as_json):
-    """Pick k, batch and prefill chunk for the best predicted throughput inside --budget; write the plan."""
+    """Pick k, batch and prefill chunk for the best predicted throughput inside --budget; write the plan.
+
+    With --measured, -t, -d and --dtype are optional: given, they must be the profile's models and dtype
+    (the curves belong to what was timed); the options that only profiling uses are refused."""
     from specmemo_plan.autotune import read_measured_profile
     from specmemo_plan.plan import write_plan
     from specmemo_plan.tune import tune as tune_plan
 
+    ctx = click.get_current_context()
+    _check_output(output, measured_path, *model_files(target, draft))
     if measured_path:
         measured = read_measured_profile(measured_path)
+        _check_measured_matches(ctx, measured, measured_path, target, draft, dtype)
     elif target:
+        from .workflow import check_budget_floor
+
+        check_budget_floor(target, dtype, context, budget, device)
         measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
     else:
         raise click.UsageError("give --measured FILE, or --target (and --draft) to profile now")
@@ -106,6 +124,38 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
         verified = verify_plan(plan, measured, device=device)
         plan = write_verified(plan, verified, output)
     emit({"plan": str(output), **plan.to_dict()}, as_json, lambda: render_tune(plan, report, verified))
+
+
+PROFILING_ONLY = ("acceptance", "num_prompts", "repeats")  # options that shape a profile run, not the search
+
+
+def _given(ctx, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
+    """-t, -d, --dtype beside --measured are filters the profile must pass, not silently ignored choices."""
+    from specmemo_plan.errors import SpecMemoError
+    from specmemo_plan.models import load_shape
+
+    for role, ref, profiled in (("target", target, measured.target), ("draft", draft, measured.draft)):
+        if ref is None:
+            continue
+        flag = "-t" if role == "target" else "-d"
+        if profiled is None:
+            raise SpecMemoError(f"{flag} {ref}: the measured profile {path} has no {role}",
+                                f"drop {flag}, or profile this pair with `specmemo-plan profile`")
+        if load_shape(ref).fingerprint != profiled["fingerprint"]:
+            raise SpecMemoError(f"{flag} {ref}: the measured profile {path} timed {profiled['ref']} as the {role}",
+                                f"drop {flag} (the profile decides the models), or profile {ref}")
+    if _given(ctx, "dtype") and dtype != measured.target["dtype"]:
+        raise SpecMemoError(f"--dtype {dtype}: the measured profile {path} timed {measured.target['dtype']}",
+                            f"drop --dtype, or profile with --dtype {dtype}")
+    given = [name for name in PROFILING_ONLY if _given(ctx, name)]
+    if given:
+        names = ", ".join("--" + ("prompts" if n == "num_prompts" else n) for n in given)
+        raise SpecMemoError(f"{names}: these shape a profile run; {path} was measured already",
+                            "drop them, or profile again with them")
 
 
 @click.command()
@@ -124,11 +174,18 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
 @json_option
 @user_errors
 def demo(target, draft, budget, context, output, device, num_prompts, verify_prompts, new_tokens, as_json):
-    """The whole chain on the bundled pair: profile, tune, write the plan, generate, compare."""
+    """The whole chain on the bundled pair: profile, tune, write the plan, generate, compare.
+
+    The first run converts the bundled SmolLM2 GGUF (98 MB, 4-bit) to fp32 safetensors: about 20 s on
+    2 CPU cores, writing 517 MB to $SPECMEMO_CACHE (default ~/.cache/specmemo-plan), once per file
+    content (every clone and venv holding the same file reuses it). The budget and -o are checked
+    before anything is measured."""
     from specmemo_plan.tune import tune as tune_plan
 
-    from .workflow import log, profile_pair, verify, write_verified
+    _check_output(output, *model_files(target, draft))  # before torch loads (seconds)
+    from .workflow import check_budget_floor, log, profile_pair, verify, write_verified
 
+    check_budget_floor(target, "fp32", context, budget, device)
     log(f"1/3 profiling {target} + {draft} on this device (a quick grid; `profile` measures a fuller one)")
     measured = profile_pair(target, draft, dtype="fp32", device=device, num_prompts=num_prompts, k_max=DEMO_K_MAX,
                             max_context=context, repeats=3, quick=True, acceptance_new_tokens=new_tokens)

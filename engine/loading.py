@@ -3,16 +3,15 @@
 - a preset: random-initialised weights from its config (for memory and latency work; callers say so);
 - a local Hugging Face folder: its weights;
 - a GGUF file (the bundled SmolLM2): dequantised by transformers once, then cached as safetensors
-  under ~/.cache/specmemo-plan, because the conversion takes ~20 s on two CPU cores.
+  in $SPECMEMO_CACHE (default ~/.cache/specmemo-plan), keyed by the file's content, validated on
+  every use (engine.model_cache), because the conversion takes ~20 s on two CPU cores.
 
 Offline always: nothing is fetched from a hub.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import torch  # noqa: E402
 from specmemo_plan.errors import SpecMemoError  # noqa: E402
 from specmemo_plan.models import ModelShape, load_preset_config, load_shape  # noqa: E402
 
+from . import model_cache  # noqa: E402
+
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CACHE_ROOT = Path(os.environ.get("SPECMEMO_CACHE", Path.home() / ".cache" / "specmemo-plan"))
 
 
 @dataclass
@@ -40,30 +40,22 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return CACHE_ROOT / f"{gguf.stem}-{key}"
-
-
-def _converted_gguf(gguf: Path) -> Path:
-    """A Hugging Face folder with the GGUF's dequantised weights and tokenizer (converted once)."""
-    folder = _gguf_cache_dir(gguf)
-    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
-        return folder
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """The GGUF's dequantised fp32 weights, config and tokenizer, saved as a Hugging Face folder in `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to safetensors in {folder} (once)", file=sys.stderr)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already dequantised; drop the GGUF marker so the copy saves as plain fp32.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else None  # another process may have won the race
-    return folder
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _converted_gguf(gguf: Path) -> Path:
+    """A Hugging Face folder with the GGUF's dequantised weights and tokenizer (converted once per content)."""
+    return model_cache.converted(gguf, convert_gguf)
 
 
 def weights_folder(ref: str) -> Path | None:
@@ -94,8 +86,21 @@ def load_model(ref: str, dtype: str = "fp32", device: str | torch.device = "cpu"
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
         return LoadedModel(model.eval(), shape, random_weights=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype), device_map=None)
+    model = _from_pretrained(AutoModelForCausalLM, folder, torch_dtype(dtype))
     return LoadedModel(model.to(device).eval(), shape, random_weights=False)
+
+
+def _from_pretrained(auto, folder: Path, dtype: torch.dtype):
+    """The weights of a folder; a damaged file (a truncated or half-written safetensors, a missing
+    shard) is one line naming the folder, not a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        return auto.from_pretrained(folder, dtype=dtype, device_map=None)
+    except (OSError, ValueError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecMemoError(f"cannot load the weights in {folder}: {first}",
+                            "the files are damaged or incomplete: copy or save the model again") from None
 
 
 def load_tokenizer(ref: str):

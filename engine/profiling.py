@@ -145,6 +145,7 @@ def greedy_answers(target: LoadedModel, target_ref: str, dtype: str, conversatio
     from .workflow import _this_device
 
     device = next(target.model.parameters()).device
+    context = min(context, target.shape.max_position_embeddings)  # a plan never runs past the target's positions
     knobs = Knobs(batch_size=batch, max_context=context, draft_length=0, weight_dtype=dtype)
     spec, _, _ = _this_device(str(device))  # the engine checks a plan's device kind and name
     budget = spec.total_memory_bytes

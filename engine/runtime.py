@@ -6,9 +6,9 @@ built on the latter; this module does not know them, and they know the Engine on
 Results are engine.results, tokenisation engine.tokens, measured memory engine.memory_probe.
 
 Enforcement, each refusal one SpecMemoError naming the plan field:
-- schema (read_plan), model fingerprints (`target.fingerprint`, `draft.fingerprint`), device
-  (`device.kind`, `device.name`, `device.count`, `budget_bytes`), a stale prediction
-  (`prediction.memory.components.<name>`), formats the engine cannot run (`knobs.weight_dtype`, ...);
+- before anything loads (engine.checks): schema (read_plan), model fingerprints, a prediction that is
+  not the one its knobs give, the device (kind, name, count, budget against its total, what is to be
+  allocated against what is free: on a CPU as on a GPU), formats the engine cannot run;
 - requests: more prompts than `knobs.batch_size`, a prompt plus its new tokens over `knobs.max_context`.
 On CUDA/ROCm the process is capped at the plan's budget (torch.cuda.set_per_process_memory_fraction).
 
@@ -23,102 +23,18 @@ import time
 import torch
 
 from specmemo_plan.errors import SpecMemoError
-from specmemo_plan.memory import breakdown
-from specmemo_plan.models import LLAMA_LIKE, ModelShape, check_pair, load_shape
+from specmemo_plan.models import load_shape
 from specmemo_plan.plan import Plan, read_plan
 
 from . import memory_probe
 from .cache import allocate_caches
+from .checks import STATIC_COMPONENTS, check_model_type, check_prediction, check_supported, refuse, resolve_device
 from .forward import Decoder
 from .loading import LoadedModel, load_model
-from .placement import check_devices, layer_devices, load_split
+from .placement import layer_devices, load_split
 from .results import Output, Result, Row, Stats
 from .speculative import Sampler, speculative_step
 from .tokens import engine_tokenizer, eos_ids, prompt_ids
-
-STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
-ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
-ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _refuse(field_name: str, why: str, hint: str) -> SpecMemoError:
-    return SpecMemoError(f"{field_name}: {why}", hint)
-
-
-def check_supported(plan: Plan) -> None:
-    """Formats and layouts this engine cannot run, refused before anything loads."""
-    knobs = plan.knobs
-    if knobs.weight_dtype not in ENGINE_WEIGHT_DTYPES:
-        raise _refuse("knobs.weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.weight_dtype}",
-                      "plan with --dtype fp16, or export the plan to an engine that runs quantised weights")
-    if knobs.draft_dtype not in ENGINE_WEIGHT_DTYPES:
-        raise _refuse("knobs.draft_weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.draft_dtype}",
-                      "plan the draft in fp16")
-    if knobs.cache_dtype not in ENGINE_KV_DTYPES:
-        raise _refuse("knobs.kv_dtype", f"the engine keeps KV in fp32, fp16 or bf16, not {knobs.cache_dtype}",
-                      "plan with the default KV dtype")
-    check_devices(plan)  # a multi-device plan needs that many CUDA/ROCm devices (engine/placement.py)
-
-
-def _check_fingerprint(role: str, ref: str, expected: str, shape: ModelShape) -> None:
-    if shape.fingerprint != expected:
-        raise _refuse(f"{role}.fingerprint", f"{ref} has fingerprint {shape.fingerprint}, the plan was made for {expected}",
-                      "make a new plan for this model, or point the plan at the model it was made for")
-    if shape.model_type not in LLAMA_LIKE:
-        raise _refuse(role, f"model_type {shape.model_type} is not supported by the engine",
-                      "the engine runs " + ", ".join(LLAMA_LIKE) + " models")
-
-
-def _check_window(role: str, shape: ModelShape, max_context: int) -> None:
-    if shape.sliding_window and max_context > shape.sliding_window:
-        raise _refuse("knobs.max_context", f"{max_context} exceeds the {role}'s sliding window of {shape.sliding_window}; "
-                      "the engine's caches are not ring buffers", f"plan a context of at most {shape.sliding_window}")
-
-
-def _check_prediction(plan: Plan, target: ModelShape, draft: ModelShape | None) -> None:
-    """The plan's static components must be what this engine allocates for these models."""
-    expected = breakdown(target, draft, plan.knobs).components
-    predicted = plan.prediction.memory.get("components", {})
-    for name in STATIC_COMPONENTS:
-        if predicted.get(name) != expected[name]:
-            raise _refuse(f"prediction.memory.components.{name}",
-                          f"the plan predicts {predicted.get(name)} bytes, this engine allocates {expected[name]}",
-                          "the plan is stale or edited; make it again")
-
-
-def resolve_device(plan: Plan, requested: str | None) -> torch.device:
-    """The torch device for the plan's device kind; refuses a machine that does not match."""
-    kind = plan.device.kind
-    if requested:
-        device = torch.device(requested)
-        actual = "cpu" if device.type == "cpu" else ("rocm" if torch.version.hip else "cuda")
-        if actual != kind:
-            raise _refuse("device.kind", f"the plan is for {kind}, --device asks for {requested}", f"make a plan for {actual}")
-    elif kind == "cpu":
-        device = torch.device("cpu")
-    else:
-        device = torch.device("cuda", 0)
-    if kind == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        raise _refuse("device.kind", f"the plan is for {kind}, this machine has no {kind.upper()} device visible to torch",
-                      "run on the machine the plan was made for, or make a plan for cpu")
-    backend = "rocm" if torch.version.hip else "cuda"
-    if backend != kind:
-        raise _refuse("device.kind", f"the plan is for {kind}, this torch build runs {backend}", f"make a plan for {backend}")
-    name = torch.cuda.get_device_name(device)
-    if " ".join(name.lower().split()) != " ".join(plan.device.name.lower().split()):
-        raise _refuse("device.name", f"the plan was made for {plan.device.name!r}, this device is {name!r}",
-                      "make a plan on this device (specmemo-plan tune) or for its profile")
-    total = torch.cuda.get_device_properties(device).total_memory
-    if plan.budget_bytes > total:
-        raise _refuse("budget_bytes", f"the plan's budget of {plan.budget_bytes} bytes exceeds this device's {total}",
-                      "make a plan with a budget this device has")
-    return device
-
 
 # ----------------------------------------------------------------------------- engine
 
@@ -136,18 +52,20 @@ class Engine:
             plan = read_plan(plan)
         self.plan, knobs = plan, plan.knobs
         check_supported(plan)
-        self.device = resolve_device(plan, device)
         t_shape = target.shape if target is not None else load_shape(plan.target.ref)
-        _check_fingerprint("target", plan.target.ref, plan.target.fingerprint, t_shape)
         d_shape = None
         if plan.draft is not None:
             d_shape = draft.shape if draft is not None else load_shape(plan.draft.ref)
-            _check_fingerprint("draft", plan.draft.ref, plan.draft.fingerprint, d_shape)
-            check_pair(t_shape, d_shape)
+        # fingerprints, and the prediction recomputed from the knobs: refused when the plan's differs,
+        # reported against afterwards
+        self.predicted_memory = check_prediction(plan, t_shape, d_shape)
         for role, shape in (("target", t_shape), ("draft", d_shape)):
             if shape is not None:
-                _check_window(role, shape, knobs.max_context)
-        _check_prediction(plan, t_shape, d_shape)
+                check_model_type(role, shape)  # windows: engine.cache keeps window layers as ring buffers
+        # what is still to allocate, against the memory free now (one device: a split plan's shares differ)
+        held = sum(memory_probe.parameter_bytes(m.model) for m in (target, draft) if m is not None)
+        need = self.predicted_memory["total_bytes"] - held if plan.device.count == 1 else None
+        self.device = resolve_device(plan, device, need)
         self.memory_cap = self._cap_memory()
         self.probe = memory_probe.make_probe(self.device)
 
@@ -195,7 +113,7 @@ class Engine:
         fraction = min(1.0, self.plan.budget_bytes / total)
         for index in range(self.plan.device.count):  # the budget is per device
             torch.cuda.set_per_process_memory_fraction(fraction, torch.device("cuda", index))
-        predicted = self.plan.prediction.memory["total_bytes"]
+        predicted = self.predicted_memory["total_bytes"]
         return {"budget_bytes": self.plan.budget_bytes, "fraction": fraction, "device_total_bytes": total,
                 "predicted_total_bytes": predicted, "headroom_bytes": self.plan.budget_bytes - predicted}
 
@@ -217,7 +135,7 @@ class Engine:
         if not prompts:
             raise SpecMemoError("no prompt given", "give --prompt or --prompts-file")
         if len(prompts) > knobs.batch_size:
-            raise _refuse("knobs.batch_size", f"{len(prompts)} prompts exceed the plan's batch of {knobs.batch_size}",
+            raise refuse("knobs.batch_size", f"{len(prompts)} prompts exceed the plan's batch of {knobs.batch_size}",
                           "split the prompts, or make a plan with a larger --batch")
         if max_new < 1:
             raise SpecMemoError(f"max_new_tokens must be at least 1, got {max_new}")
@@ -225,7 +143,7 @@ class Engine:
             if not ids:
                 raise SpecMemoError(f"prompt {i} is empty", "give at least one token")
             if len(ids) + max_new > knobs.max_context:
-                raise _refuse("knobs.max_context", f"prompt {i} has {len(ids)} tokens; with {max_new} new tokens it needs "
+                raise refuse("knobs.max_context", f"prompt {i} has {len(ids)} tokens; with {max_new} new tokens it needs "
                               f"{len(ids) + max_new}, over the plan's context of {knobs.max_context}",
                               "shorten the prompt, lower --max-new-tokens, or make a plan with a larger --context")
             vocab = self.target_cache.shape.vocab_size
@@ -386,9 +304,9 @@ class Engine:
         }
 
     def memory_report(self) -> dict:
-        """{"predicted": plan's breakdown, "measured": exact static bytes, transient peaks, error %}
+        """{"predicted": the plan's breakdown recomputed from its knobs (engine.checks), "measured": exact static bytes, transient peaks, error %}
         (engine.memory_probe.memory_report)."""
-        return memory_probe.memory_report(self.plan.prediction.memory, self.static_bytes(), self.probe, self.device,
+        return memory_probe.memory_report(self.predicted_memory, self.static_bytes(), self.probe, self.device,
                                           self.memory_cap)
 
 

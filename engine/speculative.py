@@ -94,19 +94,25 @@ def speculative_step(
     drafts, q, logits = buf.draft_tokens[:B], buf.draft_logits[:B], buf.target_logits[:B]
     t0 = time.perf_counter()
 
+    # window layers of a model that also has full ones read their own masks (None: no such layers)
+    verify_window, draft_window = buf.tensors.get("verify_mask_sliding"), buf.tensors.get("draft_mask_sliding")
+
     # 1. draft: catch up on the last c committed tokens, then propose d_1 .. d_k, one token per forward
-    mask = buf.verify_mask if c > 1 else buf.draft_mask  # [B, 1, k+1 >= 2, S]: room for two queries
-    hidden = draft.forward(last, [n - c for n in lengths], mask, L - c)[:, -1]
+    # [B, 1, k+1 >= 2, S]: room for two queries
+    mask, window = (buf.verify_mask, verify_window) if c > 1 else (buf.draft_mask, draft_window)
+    hidden = draft.forward(last, [n - c for n in lengths], mask, L - c, window)[:, -1]
     for i in range(k):
         if i:
-            hidden = draft.forward(drafts[:, i - 1 : i], [n + i - 1 for n in lengths], buf.draft_mask, L + i - 1)[:, -1]
+            hidden = draft.forward(drafts[:, i - 1 : i], [n + i - 1 for n in lengths], buf.draft_mask, L + i - 1,
+                                   draft_window)[:, -1]
         draft.logits(hidden, out=q[:, i])
         drafts[:, i] = sampler.pick(q[:, i])
     sync()
     t1 = time.perf_counter()
 
     # 2. verify: one target forward over x[L-1], d_1 .. d_k, logits at all k+1 positions
-    hidden = target.forward(torch.cat([last[:, -1:], drafts], 1), [n - 1 for n in lengths], buf.verify_mask, L - 1)
+    hidden = target.forward(torch.cat([last[:, -1:], drafts], 1), [n - 1 for n in lengths], buf.verify_mask, L - 1,
+                            verify_window)
     target.logits(hidden, out=logits)
     sync()
     t2 = time.perf_counter()

@@ -15,8 +15,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from specmemo_plan.autotune import MeasuredProfile, fit_latency, samples_to_dicts
+from specmemo_plan.budget import check_weights_fit
+from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.files import write_json_atomic
-from specmemo_plan.memory import breakdown, plain_knobs
+from specmemo_plan.memory import Knobs, breakdown, plain_knobs
 from specmemo_plan.models import check_pair, load_shape
 from specmemo_plan.plan import DeviceSpec, Plan, write_plan
 from specmemo_plan.quantities import acceptance_rate, error_percent
@@ -41,6 +43,27 @@ def _this_device(device: str | None = None) -> tuple[DeviceSpec, str, object]:
 
     local = this_device(torch_device=device or ("cuda" if torch.cuda.is_available() else "cpu"), use_torch=True)
     return local.spec, local.torch_device, local.profile
+
+
+def check_budget_floor(target_ref: str, dtype: str, context: int, budget: int | None, device: str | None = None) -> None:
+    """Refuse, before any profiling, a budget below what tune's smallest plan needs: plain decoding of
+    the target at batch 1 over `context` (its weights, KV, step buffers, activations, and the device
+    profile's runtime overhead; budget.check_weights_fit first, for the weights alone). These are the
+    floors tune itself applies after profiling, in the same words, with the same numbers."""
+    if budget is None:
+        return
+    from specmemo_plan.units import format_bytes
+
+    target = load_shape(target_ref)
+    _, _, profile = _this_device(device)
+    overhead = profile.runtime_overhead_bytes if profile else 0
+    knobs = Knobs(batch_size=1, max_context=context, draft_length=0, weight_dtype=dtype)
+    check_weights_fit(target, None, knobs, budget, overhead)
+    need = breakdown(target, None, knobs, overhead).total_bytes
+    if need > budget:
+        raise SpecMemoError(
+            f"the budget {format_bytes(budget)} is below the minimum: plain decoding at batch 1 needs {format_bytes(need)}",
+            f"raise --budget to at least {need} bytes, or shorten --context")
 
 
 # ----------------------------------------------------------------------------- profile
@@ -160,7 +183,7 @@ class MemoryErrors:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    prompts: int
+    prompts: int  # rows generated: whole batches of the plan's batch
     max_new_tokens: int
     engine: RunMeasurement  # the plan as written
     memory_error_percent: MemoryErrors
@@ -170,10 +193,12 @@ class VerifyReport:
     plain_throughput_error_percent: float | None = None
     measured_speedup: float | None = None
     worst_case: WorstCase | None = None
+    distinct_prompts: int | None = None  # calibration prompts among the rows (fewer: the set was cycled)
 
     def as_dict(self) -> dict:
         """The report as JSON; entries that were not measured are left out."""
-        data = {"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "engine": self.engine.as_dict(),
+        data = {"prompts": self.prompts, "distinct_prompts": self.distinct_prompts,
+                "max_new_tokens": self.max_new_tokens, "engine": self.engine.as_dict(),
                 "predicted_at_run_context": asdict(self.predicted_at_run_context) if self.predicted_at_run_context else None,
                 "throughput_error_percent": self.throughput_error_percent,
                 "plain": self.plain.as_dict() if self.plain else None, "measured_speedup": self.measured_speedup,
@@ -194,7 +219,8 @@ class VerifyReport:
             "memory": self.engine.memory["measured"]["components"],
             "memory_error_percent": asdict(self.memory_error_percent),
             "worst_case_activations": asdict(self.worst_case) if self.worst_case else None,
-            "run": {"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "mean_context": stats.mean_context},
+            "run": {"prompts": self.prompts, "distinct_prompts": self.distinct_prompts,
+                    "max_new_tokens": self.max_new_tokens, "mean_context": stats.mean_context},
         }
 
 
@@ -240,11 +266,24 @@ def _predict_at_run(plan: Plan, measured: MeasuredProfile, stats: RunStats) -> P
     return PredictedAtRun(speed.tokens_per_s, speed.plain_tokens_per_s, speed.speedup)
 
 
+def verify_prompts(num_prompts: int, batch: int) -> list[str]:
+    """At least `num_prompts` calibration prompts, in whole batches of the plan's `batch`: a verify run
+    measures the plan as it runs, never a half-empty batch. Past the calibration set's size it is cycled."""
+    rows = -(-num_prompts // batch) * batch
+    calibration = [p["turns"][0] for p in calibration_prompts()]
+    if rows != num_prompts:
+        cycled = f"; the {len(calibration)} calibration prompts cycled" if rows > len(calibration) else ""
+        log(f"verify: {rows} prompts, {rows // batch} full batch(es) of the plan's batch {batch} "
+            f"({num_prompts} asked{cycled})")
+    return [calibration[i % len(calibration)] for i in range(rows)]
+
+
 def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int = 8, max_new_tokens: int = 64,
            device: str | None = None, compare_plain: bool = True, models: tuple | None = None,
            worst_case: bool = True) -> VerifyReport:
-    """Run the engine on the plan over calibration prompts (batches of the plan's batch), and plain
-    decoding with the same batch and context; measured speed and memory beside the predictions.
+    """Run the engine on the plan over calibration prompts, in whole batches of the plan's batch
+    (verify_prompts: `num_prompts` rounded up), and plain decoding with the same batch and context;
+    measured speed and memory beside the predictions.
     `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading.
     `worst_case`: also fill the whole context once (worst_case_activations), since chat prompts
     never reach the activation peak the plan reserves."""
@@ -255,14 +294,14 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
         target = load_model(plan.target.ref, plan.knobs.weight_dtype, torch_device)
         draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device, seed=1) if plan.draft else None
     draft = draft if plan.draft is not None else None
-    prompts = [p["turns"][0] for p in calibration_prompts(num_prompts)]
+    prompts = verify_prompts(num_prompts, plan.knobs.batch_size)
     sd = run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens)
     at_run = _predict_at_run(plan, measured, sd.stats) if measured is not None else None
     plain = None
     if compare_plain and plan.draft is not None:
         plain = run_prompts(_plain_plan(plan), target, None, torch_device, prompts, max_new_tokens)
     return VerifyReport(
-        prompts=len(prompts), max_new_tokens=max_new_tokens, engine=sd,
+        prompts=len(prompts), distinct_prompts=len(set(prompts)), max_new_tokens=max_new_tokens, engine=sd,
         memory_error_percent=MemoryErrors(
             static_total=error_percent(sd.static_bytes("measured"), sd.static_bytes("predicted")),
             total=sd.memory["measured"]["total_error_percent"]),

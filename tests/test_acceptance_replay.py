@@ -52,7 +52,7 @@ def test_equals_running_the_engine(tiny_pair):
     conversations = [p["turns"] for p in prompts[:2] + prompts[8:10]]
     assert any(len(c) > 1 for c in conversations)  # later turns carry the earlier answers
 
-    engine = Engine(make_test_plan(target_ref, draft_ref, max_context=1024, draft_length=k,
+    engine = Engine(make_test_plan(target_ref, draft_ref, max_context=512, draft_length=k,
                                    max_new_tokens=max_new), tokenizer=None)
     expected = [0] * (k + 1)
     for conversation in conversations:
@@ -63,7 +63,7 @@ def test_equals_running_the_engine(tiny_pair):
 
     target, draft = load_model(target_ref, "fp32"), load_model(draft_ref, "fp32")
     histogram, info = measure_acceptance(target, draft, target_ref, "fp32", k_max=k, max_new_tokens=max_new,
-                                         context=1024, batch=4, conversations=conversations, progress=False)
+                                         context=512, batch=4, conversations=conversations, progress=False)
     assert info["turns"] == sum(map(len, conversations))
     assert 0 < histogram[0] and 0 < histogram[k]  # both rejections and full runs happen
     assert histogram == expected

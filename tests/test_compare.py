@@ -79,7 +79,8 @@ def measured_profile(path, draft_ms, histogram, profile="rtx-4090", dtype="fp16"
         device={"kind": device.backend, "name": device.name, "total_memory_bytes": device.memory_bytes, "profile": profile},
         target={"ref": "llama-2-7b-chat", "dtype": dtype, "fingerprint": target.fingerprint},
         draft={"ref": "llama-68m", "dtype": dtype, "fingerprint": draft.fingerprint},
-        samples=[], target_fit=fit((20.0, 0.05, 0.0, 0.0)), draft_fit=fit((draft_ms, 0.0, 0.0, 0.0)),
+        samples=[{"model": "target", "batch": 1, "num_tokens": 1, "context": 0, "ms": 20.05}],
+        target_fit=fit((20.0, 0.05, 0.0, 0.0)), draft_fit=fit((draft_ms, 0.0, 0.0, 0.0)),
         acceptance_histogram=histogram, acceptance_source="measured",
     )
     write_json_atomic(asdict(m), path)

@@ -37,10 +37,41 @@ def test_demo_writes_a_plan_its_notes_describe(tiny_pair, tmp_path):
             assert f"batch {batch}" in note, note
 
     # render_verify's table: measured beside predicted, for the plan and (with a draft) plain decoding
-    assert "verified on 2 calibration prompts, up to 8 new tokens each:" in result.stdout
+    # verified in whole batches of the plan's batch: 2 prompts asked, rounded up to a multiple of it
+    rows = -(-2 // batch) * batch
+    assert f"verified on {rows} calibration prompts, up to 8 new tokens each:" in result.stdout
+    assert plan.measured["run"]["prompts"] == rows
+    if rows != 2:
+        assert f"verify: {rows} prompts, {rows // batch} full batch(es) of the plan's batch {batch} (2 asked)" in result.stderr
     assert re.search(r"^run\s+measured tok/s \(decode\)\s+predicted tok/s\s+error\s+acceptance$", result.stdout, re.M)
     assert re.search(r"^engine \(plan\)\s+[\d,.]+\s+[\d,.]+\s+[-+][\d.]+%", result.stdout, re.M)
     if plan.draft is not None:
         assert re.search(r"^plain decoding\s+[\d,.]+\s+[\d,.]+", result.stdout, re.M)
     assert re.search(r"^target_kv\s+[\d.]+\s+[\d.]+\s+\+0\.0%$", result.stdout, re.M)  # static: the plan, to the byte
     assert "activations with the context filled" in result.stdout
+
+
+def test_demo_checks_budget_and_output_before_profiling(tiny_pair, tmp_path, monkeypatch):
+    """`demo --budget 1MiB` profiled for 70 s, and `-o missing/dir/x.json` failed after the whole run."""
+    from engine import workflow
+
+    def no_profiling(*args, **kwargs):
+        raise AssertionError("profiled before the checks")
+
+    monkeypatch.setattr(workflow, "profile_pair", no_profiling)
+    target, draft = tiny_pair
+    base = ["demo", "-t", target, "-d", draft, "-c", "128"]
+    result = CliRunner().invoke(cli, base + ["--budget", "1KiB", "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 1 and result.output.startswith("Error: the budget 1.00 KiB is below the weights alone")
+    missing = tmp_path / "missing" / "dir" / "x.json"
+    result = CliRunner().invoke(cli, base + ["-o", str(missing)])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_help_says_what_the_first_run_writes_where():
+    result = CliRunner().invoke(cli, ["demo", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "about 20 s" in text and "517 MB" in text and "$SPECMEMO_CACHE (default ~/.cache/specmemo-plan)" in text
+    assert "once per file content" in text

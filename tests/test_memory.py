@@ -7,7 +7,8 @@ from transformers import AutoConfig, StaticCache
 
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.memory import (
-    Knobs, breakdown, candidate_buffer_bytes, kv_cache_bytes, kv_slots, weight_bytes,
+    Knobs, breakdown, candidate_buffer_bytes, candidate_buffer_specs, kv_cache_bytes, kv_slots, kv_token_bytes,
+    weight_bytes,
 )
 from specmemo_plan.models import load_preset_config, load_shape, shape_from_config
 
@@ -38,9 +39,10 @@ def test_weights_by_hand():
 
 
 def test_kv_by_hand():
-    assert kv_cache_bytes(LLAMA7, 1, 4096, "fp16") == 2 * 2**30  # 512 KiB per token
-    assert kv_cache_bytes(load_shape("llama-2-70b-chat"), 2, 1000, "fp16") == 2 * 80 * 8 * 128 * 2 * 2 * 1000
-    assert kv_cache_bytes(LLAMA7, 1, 10, "fp8") == 524_288 // 2 * 10
+    assert kv_cache_bytes(LLAMA7, 1, 4096, 0, "fp16") == 2 * 2**30  # 512 KiB per token
+    assert kv_cache_bytes(LLAMA7, 1, 4090, 6, "fp16") == 2 * 2**30  # C + k slots
+    assert kv_cache_bytes(load_shape("llama-2-70b-chat"), 2, 1000, 0, "fp16") == 2 * 80 * 8 * 128 * 2 * 2 * 1000
+    assert kv_cache_bytes(LLAMA7, 1, 10, 0, "fp8") == 524_288 // 2 * 10
     assert kv_slots(LLAMA7, 4096, 5) == 4101
     mistral = load_shape("mistral-7b-instruct-v0.1")
     assert kv_slots(mistral, 32768, 4) == 4096 + 4
@@ -57,7 +59,7 @@ def test_kv_equals_transformers_static_cache(name, dtype):
     cache = StaticCache(config=config, max_cache_len=slots)
     cache.early_initialization(batch, shape.num_kv_heads, shape.head_dim, dtype, torch.device("cpu"))
     allocated = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    assert kv_cache_bytes(shape, batch, slots, "fp16" if dtype == torch.float16 else "fp32") == allocated
+    assert kv_cache_bytes(shape, batch, slots, 0, "fp16" if dtype == torch.float16 else "fp32") == allocated
 
 
 def test_candidate_buffers_by_hand():
@@ -119,3 +121,47 @@ def test_memory_is_monotone(values, knob, increase):
         assert after.total_bytes >= before.total_bytes
         for name, value in before.components.items():
             assert after.components[name] >= value, name
+
+
+GEMMA3 = load_shape("gemma-3-1b-it")  # 26 layers: 5 local (window 512) then 1 global, repeated
+
+
+def test_hybrid_windows_by_hand():
+    windows = [c.window for c in GEMMA3.cache_layers]
+    assert windows.count(None) == 4 and windows.count(512) == 22
+    # per token per layer: 1 KV head x (256 + 256) x 2 bytes; local layers hold 512 + k, global C + k
+    per_slot = 1 * 512 * 2
+    assert kv_cache_bytes(GEMMA3, 2, 4096, 4, "fp16") == 2 * per_slot * (22 * (512 + 4) + 4 * (4096 + 4))
+    assert kv_cache_bytes(GEMMA3, 1, 100, 4, "fp16") == per_slot * 26 * 104  # context inside the window
+    assert kv_slots(GEMMA3, 4096, 4) == 4100
+
+
+def test_sliding_masks_only_where_window_layers_hold_fewer_slots():
+    knobs = Knobs(batch_size=2, max_context=4096, draft_length=4)
+    specs = {s.name: s.shape for s in candidate_buffer_specs(GEMMA3, GEMMA3, knobs)}
+    assert specs["verify_mask"] == (2, 1, 5, 4100) and specs["verify_mask_sliding"] == (2, 1, 5, 516)
+    assert specs["draft_mask"] == (2, 1, 1, 4100) and specs["draft_mask_sliding"] == (2, 1, 1, 516)
+    assert specs["draft_logits"] == (2, 4, 262_144)  # the draft's own vocabulary
+    short = {s.name for s in candidate_buffer_specs(GEMMA3, GEMMA3, Knobs(batch_size=1, max_context=500, draft_length=4))}
+    assert "verify_mask_sliding" not in short  # the context fits the window: one mask serves all layers
+    mistral = {s.name: s.shape for s in candidate_buffer_specs(load_shape("mistral-7b-instruct-v0.1"), None,
+                                                               Knobs(batch_size=1, max_context=32768))}
+    assert mistral["verify_mask"] == (1, 1, 1, 4096) and "verify_mask_sliding" not in mistral  # every layer windowed
+
+
+def test_latent_kv_by_hand():
+    lite = load_shape("deepseek-v2-lite")  # 27 layers caching kv_lora_rank 512 + qk_rope_head_dim 64
+    assert kv_token_bytes(lite, "fp16") == 27 * (512 + 64) * 2
+    assert kv_cache_bytes(lite, 1, 1000, 0, "bf16") == 27 * 576 * 2 * 1000
+
+
+def test_activations_take_the_largest_layer_type():
+    """Gemma-3's global layers see all C + k slots, its local ones 512 + k: the global layer is the peak."""
+    from specmemo_plan.activations import attention_elements, forward_activation_bytes
+
+    local, glob = GEMMA3.cache_layers[0], GEMMA3.cache_layers[5]
+    B, n, C, k = 1, 5, 4096, 4
+    residual = 2 * B * n * GEMMA3.hidden_size
+    peak = residual + max(attention_elements(GEMMA3, glob, B, n, C + k), 3 * B * n * GEMMA3.intermediate_size)
+    assert attention_elements(GEMMA3, local, B, n, 512 + k) < attention_elements(GEMMA3, glob, B, n, C + k)
+    assert forward_activation_bytes(GEMMA3, B, n, C, k, "fp16") == peak * 2 + B * n * ((C + k) + (512 + k))

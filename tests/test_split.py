@@ -167,7 +167,7 @@ def test_per_device_totals_add_up(target, draft, knobs, policy):
         if policy == "balanced":
             assert split.used_devices == n  # balanced spreads over every device
         # KV per device = its layers * kv_cache_bytes / num_layers
-        per_layer = kv_cache_bytes(t, knobs.batch_size, knobs.max_context + knobs.draft_length, knobs.cache_dtype) \
+        per_layer = kv_cache_bytes(t, knobs.batch_size, knobs.max_context, knobs.draft_length, knobs.cache_dtype) \
             // t.num_layers
         assert all(s.memory.components["target_kv"] == s.num_layers * per_layer for s in split.devices)
         assert sum(s.num_layers for s in split.devices) == t.num_layers

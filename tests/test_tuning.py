@@ -33,6 +33,9 @@ def test_profile_tune_verify(tiny_pair, tmp_path):
     assert plan.prediction.memory["total_bytes"] <= plan.budget_bytes == 64 * 2**20
     assert plan.provenance["search"]["evaluated"] > 0
     assert plan.measured is not None and plan.measured["decode_tokens_per_s"] > 0
+    # verified as the plan runs: whole batches of its batch, at least the 8 prompts asked for
+    run = plan.measured["run"]
+    assert run["prompts"] % plan.knobs.batch_size == 0 and 8 <= run["prompts"] < 8 + plan.knobs.batch_size
     # the static parts the engine allocated are the plan's prediction to the byte
     assert plan.measured["memory_error_percent"]["static_total"] == 0
     # the activation bound is exercised once with the whole context filled
@@ -55,13 +58,87 @@ def test_profile_tune_verify(tiny_pair, tmp_path):
     assert row["profile"] == "measured:measured" and row["plain_fits"] and row["plain_tokens_per_s"] > 0
 
 
-def test_tune_budget_below_minimum_says_the_minimum(tiny_pair, tmp_path):
+def test_tune_budget_floors_fail_before_profiling(tiny_pair, tmp_path, monkeypatch):
+    """A budget below the weights, or below plain decoding at batch 1, is refused before any profiling,
+    with the numbers tune itself would give after it."""
+    from engine import workflow
+    from specmemo_plan.memory import Knobs, breakdown
+    from specmemo_plan.models import load_shape
+
+    def no_profiling(*args, **kwargs):
+        raise AssertionError("profiled before checking the budget")
+
+    monkeypatch.setattr(workflow, "profile_pair", no_profiling)
     target, draft = tiny_pair
-    result = CliRunner().invoke(cli, ["tune", "-t", target, "-d", draft, "--acceptance", "0.6", "--repeats", "1",
-                                      "--budget", "1000", "--context", "64", "-o", str(tmp_path / "p.json")])
-    assert result.exit_code != 0
-    assert "below the minimum" in result.output and "plain decoding at batch 1 needs" in result.output
+    shape = load_shape(target)
+    weights = breakdown(shape, None, Knobs(batch_size=1, max_context=1, weight_dtype="fp32")).weights_bytes
+    need = breakdown(shape, None, Knobs(batch_size=1, max_context=64, weight_dtype="fp32")).total_bytes
+    args = ["tune", "-t", target, "-d", draft, "--context", "64", "-o", str(tmp_path / "p.json"), "--budget"]
+    result = CliRunner().invoke(cli, args + ["1000"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: the budget 1000 B is below the weights alone")
+    result = CliRunner().invoke(cli, args + [str(weights + 1)])
+    assert result.exit_code == 1
+    assert f"below the minimum: plain decoding at batch 1 needs" in result.output
+    assert f"raise --budget to at least {need} bytes" in result.output
     assert not (tmp_path / "p.json").exists()
+
+
+def write_synthetic(path, **kwargs):
+    from dataclasses import asdict
+
+    path.write_text(json.dumps(asdict(synthetic_measured(**kwargs))))
+    return str(path)
+
+
+def test_tune_measured_refuses_options_it_would_ignore(tmp_path):
+    """-t, -d and --dtype beside --measured are filters the profile must pass; profiling-only options
+    are refused (they were silently ignored, and tune planned for the profiled pair)."""
+    measured = write_synthetic(tmp_path / "m.json")
+    out = str(tmp_path / "p.json")
+    base = ["tune", "--measured", measured, "--context", "512", "--max-new-tokens", "64", "--k-max", "4", "-o", out]
+    cases = [
+        (["-t", "llama-68m"], f"Error: -t llama-68m: the measured profile {measured} timed llama-2-7b-chat as the target"),
+        (["-d", "llama-2-7b-chat"], f"Error: -d llama-2-7b-chat: the measured profile {measured} timed llama-68m as the draft"),
+        (["--dtype", "bf16"], f"Error: --dtype bf16: the measured profile {measured} timed fp16"),
+        (["--acceptance", "0.5", "--repeats", "2"], f"Error: --acceptance, --repeats: these shape a profile run; {measured} was measured already"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(cli, base + extra)
+        assert result.exit_code == 1 and result.output.startswith(message), (extra, result.output)
+        assert not (tmp_path / "p.json").exists()
+    result = CliRunner().invoke(cli, base + ["-t", "llama-2-7b-chat", "-d", "llama-68m", "--dtype", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert read_plan(out).target.ref == "llama-2-7b-chat"
+
+
+def test_tune_never_writes_over_its_measured_profile(tmp_path):
+    measured = write_synthetic(tmp_path / "m.json")
+    before = (tmp_path / "m.json").read_bytes()
+    result = CliRunner().invoke(cli, ["tune", "--measured", measured, "--context", "512", "-o", measured])
+    assert result.exit_code == 1 and "is also an input" in result.output
+    assert (tmp_path / "m.json").read_bytes() == before
+
+
+def test_profile_output_is_checked_before_profiling(tiny_pair, tmp_path, monkeypatch):
+    from engine import workflow
+
+    monkeypatch.setattr(workflow, "profile_pair", lambda *a, **k: (_ for _ in ()).throw(AssertionError("profiled")))
+    result = CliRunner().invoke(cli, ["profile", "-t", tiny_pair[0], "-o", str(tmp_path / "missing" / "dir" / "m.json")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_verify_runs_whole_batches_of_the_plan():
+    """`tune --verify` ran 8 calibration prompts on a batch-16 plan: it rounds up to whole batches, and
+    cycles the calibration set past its size."""
+    from engine.profiling import calibration_prompts
+    from engine.workflow import verify_prompts
+
+    calibration = [p["turns"][0] for p in calibration_prompts()]
+    assert verify_prompts(8, 16) == calibration[:16]
+    assert verify_prompts(8, 4) == calibration[:8]
+    rows = verify_prompts(100, 64)
+    assert len(rows) == 128 and rows[:96] == calibration and rows[96:] == calibration[:32]
 
 
 def test_slow_draft_plans_plain_decoding(tiny_pair, tmp_path):

@@ -15,7 +15,9 @@ Phases, each with a share of the wall-clock budget (`--minutes`, all included):
    never used in training); agreement = share of answer positions where the draft's argmax (full
    vocabulary, fp32, weights as saved) equals the target's greedy token. Also measures the cost of
    one decode step of each (batch 1, KV cache, fp32, median).
-4. save: the draft in bf16 safetensors with config.json and a model card (README.md) in --out.
+4. save: the draft in bf16 safetensors with config.json and a model card (README.md) in --out
+   (default ./distilled-draft). The committed draft (specmemo_plan/drafts/smollm2-135m-draft) is
+   replaced only with --out pointing there and --force: that is checked before phase 1, not after it.
 
 Progress goes to stderr. Intermediate data goes to --work (default /tmp/specmemo-distill).
 """
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prompts import make_prompts  # noqa: E402
 
 TARGET = "bundled:smollm2-135m-instruct"
+DEFAULT_OUT = "distilled-draft"  # beside where it runs: never the committed draft by default
 HELD_OUT = ROOT / "specmemo_plan" / "data" / "calibration_prompts.json"
 T0 = time.time()
 
@@ -413,10 +416,40 @@ def decode_step_ms(model, repeats: int = 60, prefix: int = 64) -> float:
 # ----------------------------------------------------------------------------------------- main
 
 
+def package_folders() -> list[Path]:
+    """Where specmemo_plan lives: this checkout's folder, and the imported package (an installed copy)."""
+    folders = [ROOT / "specmemo_plan"]
+    try:
+        import specmemo_plan
+
+        folders.append(Path(specmemo_plan.__file__).resolve().parent)
+    except ImportError:
+        pass
+    return [f.resolve() for f in folders]
+
+
+def check_out(out: str, force: bool) -> Path:
+    """The --out folder, refused before any work (SystemExit, one line) when it lies inside the package
+    (where the committed draft is) without --force, is not a folder, or cannot be created or written."""
+    path = Path(out).expanduser().resolve()
+    inside = [f for f in package_folders() if path == f or f in path.parents]
+    if inside and not force:
+        raise SystemExit(f"error: --out {out} is inside the package ({inside[0]}): it would overwrite the committed "
+                         "draft (give another folder, or add --force to replace it)")
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: --out {out} is a file, not a folder")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out {out}: cannot write into {existing}")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=38.0, help="wall-clock budget for everything")
-    ap.add_argument("--out", default=str(ROOT / "specmemo_plan" / "drafts" / "smollm2-135m-draft"))
+    ap.add_argument("--out", default=DEFAULT_OUT,
+                    help=f"folder to save the draft in (default ./{DEFAULT_OUT}; inside the package only with --force)")
+    ap.add_argument("--force", action="store_true", help="allow --out inside the package (replace the committed draft)")
     ap.add_argument("--work", default="/tmp/specmemo-distill", help="intermediate data (not committed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -451,6 +484,7 @@ def main() -> None:
     ap.add_argument("--text-share", type=float, default=0.25, help="share of training batches from on-disk text")
     ap.add_argument("--eval-tokens", type=int, default=128)
     args = ap.parse_args()
+    out = check_out(args.out, args.force)
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -563,7 +597,6 @@ def main() -> None:
     log(f"decode step: target {t_ms:.2f} ms, draft {d_ms:.2f} ms, ratio {d_ms / t_ms:.3f}")
 
     # ---- 4. save
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     draft.to(torch.bfloat16).save_pretrained(out)
     gc = out / "generation_config.json"

@@ -13,13 +13,15 @@ import click
 
 from .. import budget as budget_mod
 from ..errors import SpecMemoError
-from ..memory import KV_DTYPES, WEIGHT_DTYPES, Knobs, breakdown
-from ..models import check_pair, list_presets, load_preset_config, load_shape
+from ..files import check_output_path
+from ..memory import KV_DTYPES, WEIGHT_DTYPES, Knobs, breakdown, kv_token_bytes
+from ..models import BUNDLED_MODELS, check_pair, list_presets, load_preset_config, load_shape
 from ..placement import DEFAULT_POLICY, POLICIES, split_layers
 from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
-from .options import apply, budget_option, emit, json_option, positive, user_errors
+from .options import (POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option, model_files,
+                      positive, user_errors)
 
 DEFAULT_DRAFT_LENGTH = 4  # a common default (vLLM's examples, HF assisted generation starts at 5)
 
@@ -29,8 +31,10 @@ def model_options(func):
     return apply([
         click.option("--target", "-t", required=True, help="Preset name, bundled:NAME, config.json, model folder or .gguf."),
         click.option("--draft", "-d", default=None, help="Draft model, same forms as --target. Omit for plain decoding."),
-        click.option("--draft-length", "-k", type=int, default=None, help="Draft tokens per step (default 4 with a draft)."),
-        click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive),
+        click.option("--draft-length", "-k", type=int, default=None,
+                     help="Draft tokens per step (default 4 with a draft; min-budget searches k when omitted)."),
+        click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive,
+                     help="Sequences decoded together."),
         click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive,
                      help="Tokens per sequence: prompt + generated."),
         click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True, help="Target weights."),
@@ -48,9 +52,9 @@ def model_options(func):
 
 def speed_options(func):
     return apply([
-        click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=None,
+        click.option("--acceptance", "-a", type=SHARE, default=None,
                      help=f"Per-token acceptance rate of the draft  [default: {DEFAULT_ACCEPTANCE}, assumed]"),
-        click.option("--bandwidth", "bandwidth_gbps", type=float, default=100.0, show_default=True, callback=positive,
+        click.option("--bandwidth", "bandwidth_gbps", type=POSITIVE_FLOAT, default=100.0, show_default=True,
                      help="GB/s for the bandwidth latency model when no --profile is given."),
     ], func)
 
@@ -97,7 +101,11 @@ def gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_d
 
     target_shape = load_shape(target)
     draft_shape = load_shape(draft) if draft else None
-    check_pair(target_shape, draft_shape)
+    pair_note = check_pair(target_shape, draft_shape)
+    # assumptions behind the numbers (family defaults, padded vocabularies, header/formula gaps): on stderr,
+    # so --json output stays one object
+    for note in model_notes(target_shape, draft_shape, pair_note):
+        click.echo(f"note: {note}", err=True)
     if draft_length is None:
         draft_length = DEFAULT_DRAFT_LENGTH if draft_shape else 0
     knobs = Knobs(
@@ -119,6 +127,24 @@ def gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_d
     return Setup(target_shape, draft_shape, knobs, num_devices, split_policy, device, overhead)
 
 
+def model_notes(target, draft, pair_note: str | None = None) -> list[str]:
+    notes = [f"{role}: {note}" for role, shape in (("target", target), ("draft", draft)) if shape for note in shape.notes]
+    return notes + ([pair_note] if pair_note else [])
+
+
+def model_facts(shape, dtype: str) -> dict:
+    """Where a model's weight bytes come from: the config formula, or the checkpoint's headers (`stored`)."""
+    stored = shape.stored
+    return {
+        "name": shape.name, "model_type": shape.model_type, "num_params": shape.num_params,
+        "weight_source": stored.source if dtype == "stored" else f"{shape.weight_source} at {dtype}",
+        "stored_bytes": stored.total_bytes if stored else None,
+        "stored_source": stored.source if stored else None,
+        "quant_method": (stored.quant_method if stored else None) or shape.quant_method,
+        "notes": list(shape.notes),
+    }
+
+
 def acceptance_given(acceptance: float | None) -> tuple[float, str]:
     return (DEFAULT_ACCEPTANCE, "assumed") if acceptance is None else (acceptance, "given")
 
@@ -130,17 +156,27 @@ def acceptance_given(acceptance: float | None) -> tuple[float, str]:
 @json_option
 @user_errors
 def presets(as_json):
-    """List the bundled model presets (real config.json files, no weights)."""
-    rows = []
-    for name in list_presets():
-        shape = load_shape(name)
-        rows.append({
-            "name": name, "source": load_preset_config(name).get("_specmemo_source", ""), "model_type": shape.model_type,
-            "num_params": shape.num_params, "num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads,
-            "head_dim": shape.head_dim, "vocab_size": shape.vocab_size,
-            "kv_bytes_per_token_fp16": shape.kv_bytes_per_token_per_element * 2,
-        })
+    """List the model presets (real config.json files, no weights: the engine runs them with random
+    weights) and the bundled models (real weights, `bundled:NAME`), each usable as --target/--draft."""
+    rows = [_preset_row(name, load_shape(name), "none (random)", load_preset_config(name).get("_specmemo_source", ""))
+            for name in list_presets()]
+    for name, (_, package, _) in BUNDLED_MODELS.items():
+        ref = f"bundled:{name}"
+        try:
+            shape = load_shape(ref)
+            rows.append(_preset_row(ref, shape, "real (bundled)", shape.source))
+        except SpecMemoError as exc:  # its package is not installed: say how to get it
+            rows.append({"name": ref, "weights": "missing", "source": package, "note": str(exc)})
     emit({"presets": rows}, as_json, lambda: render.presets(rows))
+
+
+def _preset_row(name: str, shape, weights: str, source: str) -> dict:
+    return {
+        "name": name, "weights": weights, "source": source, "model_type": shape.model_type,
+        "num_params": shape.num_params, "num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads,
+        "head_dim": shape.head_dim, "vocab_size": shape.vocab_size,
+        "kv_bytes_per_token_fp16": kv_token_bytes(shape, "fp16"),
+    }
 
 
 @click.command()
@@ -155,19 +191,20 @@ def estimate(target, draft, draft_length, batch, context, dtype, draft_dtype, kv
     budget = s.device.memory_bytes if s.device else single.total_bytes
     split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
     data = dict(split.total.as_dict(), knobs=s.knobs.__dict__, profile=s.profile.key if s.profile else None,
-                num_devices=s.devices)
+                num_devices=s.devices, target=model_facts(s.target, s.knobs.weight_dtype),
+                draft=model_facts(s.draft, s.knobs.draft_dtype) if s.draft else None)
     if s.device is not None:
         data.update(device_memory_bytes=s.device.memory_bytes, fits=split.fits)
     if s.devices > 1:
         data.update(single_device_total_bytes=single.total_bytes, split=split.as_dict())
     emit(data, as_json, lambda: render.estimate(s.head(), split.total, split, single.total_bytes, s.profile,
-                                                data.get("fits")))
+                                                data.get("fits"), [data["target"], data["draft"]]))
 
 
 @click.command("min-budget")
 @model_options
 @speed_options
-@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--retain", type=SHARE_ABOVE_ZERO, default=None,
               help="Keep at least this share of the best SD throughput (e.g. 0.96) instead of any speedup.")
 @user_errors
 def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
@@ -175,23 +212,27 @@ def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dty
     """Smallest memory (per device) at which speculative decoding still beats plain decoding."""
     if not draft:
         raise click.UsageError("min-budget needs --draft: it is the budget under which SD still pays")
-    s = gather(target, draft, draft_length or 1, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-               profile_name, num_devices, split_policy)
+    fixed_k = draft_length is not None  # -k given: that k alone; else every k from 1 to MAX_DRAFT_LENGTH
+    s = gather(target, draft, draft_length if fixed_k else 1, batch, context, dtype, draft_dtype, kv_dtype,
+               prefill_chunk, profile_name, num_devices, split_policy)
     acceptance, acceptance_source = acceptance_given(acceptance)
     latency = s.latency(bandwidth_gbps)
     result = budget_mod.min_budget(s.target, s.draft, s.knobs, latency, retain=retain, device_overhead_bytes=s.overhead,
                                    devices=s.devices, interconnect_gbps=s.link_gbps, policy=s.policy,
-                                   acceptance=acceptance)
+                                   draft_lengths=(draft_length,) if fixed_k else None, acceptance=acceptance)
     speed = result.speed
+    k_source = "given with -k" if fixed_k else f"searched 1..{MAX_DRAFT_LENGTH}"
     data = {
         "min_budget_bytes": result.total_bytes, "min_budget_bytes_per_device": result.total_bytes,
-        "num_devices": s.devices, "draft_length": result.draft_length, "predicted_speedup": speed.speedup,
+        "num_devices": s.devices, "draft_length": result.draft_length,
+        "draft_length_source": "given" if fixed_k else "searched", "predicted_speedup": speed.speedup,
         "tokens_per_s": speed.tokens_per_s, "plain_tokens_per_s": speed.plain_tokens_per_s,
         "plain_total_bytes": result.plain_total_bytes, "acceptance": acceptance, "acceptance_source": acceptance_source,
         "retain": retain, "latency_source": latency.source, "interconnect_gbps": s.link_gbps,
         "memory": result.memory.as_dict(), "split": result.split.as_dict(),
     }
-    emit(data, as_json, lambda: render.min_budget(result, latency.source, acceptance, s.devices))
+    emit(data, as_json, lambda: render.min_budget(result, latency.source, acceptance, acceptance_source, s.devices,
+                                                  k_source))
 
 
 @click.command()
@@ -217,11 +258,15 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
         "budget_bytes": budget, "num_devices": s.devices, "fits": fits,
         "total_bytes": split.total.total_bytes if split else None,
         "headroom_bytes": min(d.headroom_bytes for d in split.devices) if split else None,
-        "largest_batch": largest("batch_size"), "largest_context": largest("max_context"),
+        "largest_batch": largest("batch_size"), "batch_search_limit": budget_mod.MAX_BATCH_SEARCH,
+        "largest_context": largest("max_context"),
         "largest_draft_length": largest("draft_length"), "draft_length_limit": MAX_DRAFT_LENGTH,
         "model_max_context": budget_mod.knob_limit("max_context", s.target),
         "split": split.as_dict() if split else None,
     }
+    if data["largest_batch"] == budget_mod.MAX_BATCH_SEARCH:
+        data["notes"] = [f"the batch search stops at {budget_mod.MAX_BATCH_SEARCH} (budget.MAX_BATCH_SEARCH): a larger "
+                         "batch may fit too; give --batch to check one"]
     emit(data, as_json, lambda: render.fit(data, s.knobs, s.draft is not None, s.devices, MAX_DRAFT_LENGTH, split))
 
 
@@ -229,11 +274,14 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
 @model_options
 @budget_option(required=False)
 @speed_options
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
-@click.option("--sampling", type=click.Choice(["greedy", "sample"]), default="greedy", show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True, callback=positive)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive,
+              help="New tokens per request the engine generates.")
+@click.option("--sampling", type=click.Choice(["greedy", "sample"]), default="greedy", show_default=True,
+              help="greedy, or sample (lossless speculative sampling).")
+@click.option("--temperature", type=POSITIVE_FLOAT, default=1.0, show_default=True, help="With --sampling sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of --sampling sample.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Plan file to write (a symlink is written through; a device, a folder or an input is refused).")
 @user_errors
 def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
          num_devices, split_policy, as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling,
@@ -241,6 +289,7 @@ def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dty
     """Write a plan file from explicit knobs (no profiling; `tune` measures instead). --budget is per device."""
     from .. import plan as plan_mod
 
+    check_output_path(output, inputs=model_files(target, draft))  # before any work, and never over a model's file
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
                profile_name, num_devices, split_policy, need_device=True)
     budget = budget or s.device.memory_bytes
@@ -260,5 +309,6 @@ def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dty
     path = plan_mod.write_plan(p, output)
     single = breakdown(s.target, s.draft, s.knobs, s.overhead).total_bytes
     emit({"plan": str(path), **p.to_dict()}, as_json,
-         lambda: render.plan(path, p, split, single, speed, latency.source, acceptance_source, s.link_gbps))
+         lambda: render.plan(path, p, split, single, speed, latency.source, acceptance_source, s.link_gbps,
+                             render.MEASURE_HINT))
 

@@ -8,9 +8,10 @@ import click
 
 from ..memory import KV_DTYPES, WEIGHT_DTYPES
 from ..render import planner as render
+from ..errors import SpecMemoError
 from ..throughput import DEFAULT_ACCEPTANCE
-from .calculator import gather
-from .options import emit, json_option, positive, user_errors
+from .calculator import acceptance_given, gather
+from .options import SHARE, emit, json_option, positive, user_errors
 
 
 @click.command()
@@ -40,18 +41,22 @@ def devices(show_profiles, as_json):
 @click.command()
 @click.option("--target", "-t", default=None, help="Target model (default: the measured profile's).")
 @click.option("--draft", "-d", default=None, help="Draft model (default: the measured profile's).")
-@click.option("--profiles", "profile_names", default=None, help="Comma-separated profile keys.")
+@click.option("--profiles", "profile_names", default=None,
+              help="Comma-separated hardware profile keys (see `devices --profiles`).")
 @click.option("--all", "all_profiles", is_flag=True, help="Every bundled profile.")
 @click.option("--measured", "measured_paths", multiple=True, type=click.Path(dir_okay=False),
               help="A measured profile from `specmemo-plan profile` (repeatable): that device's fitted curves and measured acceptance.")
-@click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive)
+@click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive,
+              help="Tokens per sequence: prompt + generated.")
 @click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive, help="Largest batch to consider.")
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default=None,
               help="Weights dtype  [default: the measured profile's, else fp16]")
-@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None)
-@click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=DEFAULT_ACCEPTANCE, show_default=True,
-              help="Per-token acceptance for the profiles' rooflines (a --measured device uses its own histogram).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart (needs matplotlib).")
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="KV cache (default: the compute dtype).")
+@click.option("--acceptance", "-a", type=SHARE, default=None,
+              help="Per-token acceptance for the profiles' rooflines (a --measured device uses its own histogram)  "
+                   f"[default: {DEFAULT_ACCEPTANCE}, assumed]")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a chart; the extension picks the format: .png, .svg, .pdf (needs matplotlib).")
 @json_option
 @user_errors
 def compare(target, draft, profile_names, all_profiles, measured_paths, context, batch, dtype, kv_dtype, acceptance,
@@ -61,11 +66,20 @@ def compare(target, draft, profile_names, all_profiles, measured_paths, context,
     from ..autotune import read_measured_profile
     from ..compare import compare_devices, compare_measured
     from ..hardware import list_profiles, load_profile
+    from ..quantities import acceptance_rate
 
-    if profile_names and all_profiles:
+    if profile_names is not None and all_profiles:
         raise click.UsageError("give --profiles a,b,c or --all, not both")
-    if not (profile_names or all_profiles or measured_paths):
+    if not (profile_names is not None or all_profiles or measured_paths):
         raise click.UsageError("give --profiles a,b,c, --all, or --measured FILE")
+    keys = list_profiles() if all_profiles else [k.strip() for k in (profile_names or "").split(",") if k.strip()]
+    if profile_names is not None and not keys:
+        raise SpecMemoError(f"--profiles {profile_names!r} names no profile", "give keys like rtx-4090,a100-40gb "
+                            "(`specmemo-plan devices --profiles` lists them)")
+    if plot_path:  # before the work: matplotlib, a format it writes, a folder that takes the file
+        from ..plot import check_plot_path
+
+        check_plot_path(plot_path, inputs=measured_paths)
     measured = [read_measured_profile(path) for path in measured_paths]
     if measured:  # the pair and dtype default to the (first) measured one's
         target = target or measured[0].target["ref"]
@@ -74,8 +88,8 @@ def compare(target, draft, profile_names, all_profiles, measured_paths, context,
     if not target or not draft:
         raise click.UsageError("give --target and --draft (or --measured FILE, whose pair is used)")
     dtype = dtype or "fp16"
-    keys = list_profiles() if all_profiles else [k.strip() for k in (profile_names or "").split(",") if k.strip()]
-    profiles = [load_profile(k) for k in keys]
+    profiles = [load_profile(k) for k in dict.fromkeys(keys)]
+    acceptance, acceptance_source = acceptance_given(acceptance)
     s = gather(target, draft, 1, batch, context, dtype, None, kv_dtype, None, None)
     verdicts = [compare_measured(m, f"measured:{Path(path).stem}", s.target, s.draft, s.knobs)
                 for m, path in zip(measured, measured_paths)]
@@ -83,7 +97,18 @@ def compare(target, draft, profile_names, all_profiles, measured_paths, context,
     if plot_path:
         from ..plot import plot_comparison
 
-        plot_comparison(verdicts, plot_path, f"{s.target.name} + {s.draft.name}, context {context}, batch <= {batch}, {dtype}")
+        plot_comparison(verdicts, plot_path, f"{s.target.name} + {s.draft.name}, context {context}, batch <= {batch}, {dtype}",
+                        inputs=measured_paths)
         click.echo(f"wrote {plot_path}", err=True)
+    sources = []  # where each row's latency and acceptance come from
+    if profiles:
+        sources.append(f"profiles: latency from each profile's roofline (spec-sheet peaks, not measured), at "
+                       f"{render.acceptance_words(acceptance, acceptance_source, 'give --acceptance or --measured')}")
+    for m, path in zip(measured, measured_paths):
+        a = acceptance_rate(m.acceptance_histogram) if m.acceptance_histogram else None
+        how = "no draft measured" if a is None else f"at the {m.acceptance_source} acceptance {a:.3f}"
+        sources.append(f"measured:{Path(path).stem}: latency fitted to {m.device.get('name', 'the device')}'s "
+                       f"measurements, {how} (its histogram)")
     emit({"target": target, "draft": draft, "context": context, "max_batch": batch, "acceptance": acceptance,
-          "devices": [v.as_dict() for v in verdicts]}, as_json, lambda: render.compare(verdicts))
+          "acceptance_source": acceptance_source, "devices": [v.as_dict() for v in verdicts]}, as_json,
+         lambda: render.compare(verdicts, sources))

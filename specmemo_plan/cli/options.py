@@ -1,22 +1,33 @@
 """Glue every `specmemo-plan` command shares: errors, output, option groups, model loading.
 
-Convention (docs/conventions.md): a user error is one line, `Error: <what is wrong> (<what to do>)`,
-exit status 1, no traceback; click's own usage errors exit 2. `--json` prints the gathered data.
+Exit statuses, one convention for `specmemo-plan` and `python -m engine` (docs/conventions.md):
+- 0: done;
+- 1: a user error found after the command line was read (a budget below the weights, a bad file,
+  an output that cannot be written): one line on stderr, `Error: <what is wrong> (<what to do>)`,
+  no traceback (EXIT_USER_ERROR);
+- 2: click's own usage errors: an unknown option, a missing one, a value that does not parse or is
+  out of range (`--bandwidth nan`), with the usage line.
+`--json` prints the gathered data.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+from pathlib import Path
 
 import click
 
 from ..errors import SpecMemoError
 from ..units import parse_bytes
 
+EXIT_USER_ERROR = 1  # click.ClickException's status; click.UsageError exits 2
+
 
 def user_errors(func):
-    """SpecMemoError -> one line, exit 1, no traceback."""
+    """SpecMemoError, and an OS error on a named file, -> one line, exit 1, no traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,8 +35,54 @@ def user_errors(func):
             return func(*args, **kwargs)
         except SpecMemoError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno is None or exc.filename is None:
+                raise
+            raise click.ClickException(f"cannot access {exc.filename}: {os.strerror(exc.errno)}") from None
 
     return wrapper
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinity before its range: `--bandwidth inf` divided by
+    zero, `--bandwidth nan` printed "speedup nanx", `--temperature nan` wrote NaN into a plan.
+    Every float option of both CLIs uses it (FloatRange alone lets NaN through: NaN compares false)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
+
+POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
+SHARE = FiniteFloat(0, 1)  # acceptance rates
+SHARE_ABOVE_ZERO = FiniteFloat(0, 1, min_open=True)  # --retain
+
+
+# files a model folder holds that a command reads: writing over one destroys the model
+_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def model_files(*refs: str | None) -> list[Path]:
+    """The files behind model references (a config.json, a .gguf, a folder's config, tokenizer and
+    weights) for files.check_output_path's `inputs`; presets and `bundled:` names are not the user's files."""
+    out: list[Path] = []
+    for ref in refs:
+        if not ref or ref.startswith("bundled:"):
+            continue
+        path = Path(os.path.expanduser(ref))
+        if path.is_file():
+            out.append(path)
+        elif path.is_dir():
+            out += [p for p in path.iterdir() if p.name in _MODEL_FILES or p.suffix in _WEIGHT_SUFFIXES]
+    return out
 
 
 def emit(data: dict, as_json: bool, render) -> None:
@@ -54,6 +111,7 @@ def budget_option(required: bool, default: str | None = None, help_text: str | N
     return click.option(
         "--budget", callback=convert, required=required, default=default, show_default=default is not None,
         help=help_text or "Memory budget per device: 24GiB, 24GB, 24000MB or bytes.",
+        metavar="SIZE",
     )
 
 

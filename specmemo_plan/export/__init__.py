@@ -4,8 +4,13 @@ Each exporter names the engine version whose documentation its option names were
 `*_VERSION` and `*_DOCS` constants in its module) and lists, in `unsupported`, every part of the plan that
 engine cannot express. Nothing here imports an engine: the output is settings and a command line.
 
-- `facts.py`: what the exporters share: the plan's facts read once, the memory fractions (how each engine's
-  fraction follows from the per-device budget), `ExportResult`, the flag formatting;
+Every export starts with plan.validate (the prediction recomputed from the knobs): a hand-edited plan is
+refused before a single option is written, and every option value is the one its note states.
+
+- `facts.py`: what the exporters share: the plan's facts read once (after validate), the model references
+  as the user gave them (`ModelSource`: no local site-packages path), the memory fractions (`Fraction`:
+  computed and spelled once, refused at 0 or over 1), `ExportResult`, the flag formatting;
+- `gguf_files.py`: the GGUF files llama.cpp loads, and the lines that make the missing ones;
 - `vllm.py`, `sglang.py`, `llamacpp.py`, `trtllm.py`, `hf.py`: one exporter per engine, with its version.
 
 Pure Python: no torch at import.

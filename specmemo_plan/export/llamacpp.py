@@ -4,6 +4,7 @@ through --tensor-split."""
 from __future__ import annotations
 
 from .facts import ExportResult, _Facts, _flags
+from .gguf_files import gguf_file
 
 # llama.cpp b9245 (May 2026): llama-server after the speculative-parameter rename (ggml-org/llama.cpp
 # PR #22397 and #22964): --spec-type draft-simple, --spec-draft-model (-md), --spec-draft-n-max/-n-min,
@@ -16,11 +17,6 @@ LLAMACPP_DOCS = (
 )
 
 
-def _gguf(ref: str) -> str:
-    """The GGUF file a Hugging Face model converts to: its last path part, or the path if it is one."""
-    return ref if ref.endswith(".gguf") else ref.rstrip("/").split("/")[-1] + ".gguf"
-
-
 def _llamacpp(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     cache = {"fp16": "f16", "bf16": "bf16", "fp32": "f32", "int8": "q8_0", "fp8": "q8_0"}[f.kv_dtype]
@@ -29,11 +25,20 @@ def _llamacpp(f: _Facts) -> ExportResult:
                            "closest and takes about 6% more than the plan's KV")
     if f.kv_dtype == "int8":
         notes.append("int8 KV -> q8_0: blocks of 32 values with one fp16 scale (8.5 bits per value)")
-    gguf_types = {"fp16": "F16", "bf16": "BF16", "fp32": "F32", "int8": "Q8_0", "int4": "Q4_0", "fp8": None}
-    target, draft = _gguf(f.target), _gguf(f.draft) if f.draft else None
-    if not f.target.endswith(".gguf") or (f.draft and not f.draft.endswith(".gguf")):
-        notes.append("llama.cpp loads GGUF files: convert the Hugging Face models with convert_hf_to_gguf.py "
-                     f"(--outtype {gguf_types.get(f.weight_dtype) or 'f16'}) and pass their paths")
+    t_file = gguf_file(f.target_source, f.weight_dtype, f.target_source)
+    d_file = gguf_file(f.draft_source, f.draft_dtype or f.weight_dtype, f.target_source) if f.draft else None
+    target, draft = t_file.setting, d_file.setting if d_file else None
+    made = [g.word for g in (t_file, d_file) if g is not None and g.made]
+    if made:
+        notes.append(f"llama.cpp loads GGUF files: {' and '.join(made)} must be made first; the command's first lines "
+                     "do it with llama.cpp's convert_hf_to_gguf.py (run from the folder above a llama.cpp checkout)")
+    for src in (f.target_source, f.draft_source):
+        if src is not None and src.form == "gguf":
+            unsupported.append(f"{src.role} weights: {src.ref} is a GGUF file; llama.cpp runs the types stored in it, "
+                               f"the plan sized {f.weight_dtype if src.role == 'target' else f.draft_dtype or f.weight_dtype} "
+                               "weights")
+        if src is not None and src.form == "config":
+            unsupported.append(f"{src.ref} is a config.json without weights: llama.cpp needs a GGUF of real weights")
     if f.weight_dtype == "fp8" or (f.draft_dtype == "fp8"):
         unsupported.append("fp8 weights: GGUF has no fp8 type; use Q8_0")
     if f.weight_dtype == "int4":
@@ -66,9 +71,9 @@ def _llamacpp(f: _Facts) -> ExportResult:
                        "the batch sizes ask, so the plan's total holds only as far as its GGUF sizes match")
     unsupported.append("draft context: builds since b9145 give the draft the target's context (no -cd); the plan's "
                        "draft KV assumes the same context, so nothing is lost")
-    flags = [("-m", target)]
+    flags = [("-m", t_file.word)]
     if f.draft:
-        flags += [("--spec-type", "draft-simple"), ("-md", draft), ("--spec-draft-n-max", f.k),
+        flags += [("--spec-type", "draft-simple"), ("-md", d_file.word), ("--spec-draft-n-max", f.k),
                   ("--spec-draft-n-min", f.k), ("--spec-draft-p-min", 0.0),
                   ("--spec-draft-sampling", settings["spec_draft_sampling"]), ("-ngld", ngl),
                   ("-ctkd", cache), ("-ctvd", cache)]
@@ -79,5 +84,6 @@ def _llamacpp(f: _Facts) -> ExportResult:
     if "tensor_split" in settings:
         flags += [("-sm", "layer"), ("-ts", settings["tensor_split"])]
     flags += [("--fit", "off"), ("-n", f.max_new_tokens), ("--temp", settings["temperature"]), ("-s", f.seed)]
-    command = "llama-server \\\n  " + _flags(flags)
+    steps = t_file.steps + (d_file.steps if d_file else [])
+    command = "\n".join(steps + ["llama-server \\\n  " + _flags(flags)])
     return ExportResult("llama.cpp", LLAMACPP_VERSION, settings, command, unsupported, notes, LLAMACPP_DOCS)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction
+from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction,
+                    preamble)
 
 # SGLang 0.5.10. STANDALONE speculative decoding (a small draft LLM) and the server arguments:
 #   https://docs.sglang.io/advanced_features/speculative_decoding.html (Standalone Speculative Decoding)
@@ -24,6 +25,7 @@ def _sglang(f: _Facts) -> ExportResult:
         kv = "auto"
     dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
     _float_dtype_note(f, "SGLang", unsupported)
+    static = _static_fraction(f)  # computed once: the option, its note and the settings read this value
     settings = {"model_path": f.target}
     if f.draft:
         settings.update({
@@ -34,7 +36,7 @@ def _sglang(f: _Facts) -> ExportResult:
             "speculative_num_draft_tokens": f.k + 1,  # verified per step: k drafts + 1 (topk 1 => num_steps + 1)
         })
     settings.update({
-        "mem_fraction_static": _static_fraction(f),
+        "mem_fraction_static": static.value,
         "max_running_requests": f.batch,
         "context_length": f.context,
         "chunked_prefill_size": f.batch * f.chunk,
@@ -47,8 +49,7 @@ def _sglang(f: _Facts) -> ExportResult:
     if f.weight_dtype == "fp8":
         settings["quantization"] = "fp8"
     settings["request"] = {"max_new_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
-    notes.append(f"mem_fraction_static = (budget - activations - candidate buffers - runtime overhead) / device "
-                 f"memory = {settings['mem_fraction_static']} (weights + KV pool; rounded down to 0.001)")
+    notes.append(static.note("mem_fraction_static") + " (SGLang's weights + KV pool)")
     unsupported.append("total memory: SGLang caps only its static part (weights + KV pool); activations and CUDA "
                        "graphs come on top, unbounded by the plan")
     unsupported.append("KV sizing: the KV pool is what mem_fraction_static leaves after the weights, in tokens "
@@ -60,14 +61,14 @@ def _sglang(f: _Facts) -> ExportResult:
                            f"if refused, use --tp-size {f.num_devices}")
     unsupported.append("sampling is per request in SGLang: send temperature "
                        + ("0 (greedy)" if f.greedy else f"{f.temperature}"))
-    flags = [("--model-path", f.target)]
+    flags = [("--model-path", f.target_source.shell)]
     if f.draft:
-        flags += [("--speculative-algorithm", "STANDALONE"), ("--speculative-draft-model-path", f.draft),
+        flags += [("--speculative-algorithm", "STANDALONE"), ("--speculative-draft-model-path", f.draft_source.shell),
                   ("--speculative-num-steps", f.k), ("--speculative-eagle-topk", 1),
                   ("--speculative-num-draft-tokens", f.k + 1)]
-    flags += [("--mem-fraction-static", settings["mem_fraction_static"]), ("--max-running-requests", f.batch),
+    flags += [("--mem-fraction-static", static), ("--max-running-requests", f.batch),
               ("--context-length", f.context), ("--chunked-prefill-size", settings["chunked_prefill_size"]),
               ("--tp-size", 1), ("--pp-size", f.num_devices), ("--dtype", dtype), ("--kv-cache-dtype", kv),
               ("--quantization", settings.get("quantization")), ("--random-seed", f.seed)]
-    command = "python -m sglang.launch_server \\\n  " + _flags(flags)
+    command = preamble(f.target_source, f.draft_source) + "python -m sglang.launch_server \\\n  " + _flags(flags)
     return ExportResult("sglang", SGLANG_VERSION, settings, command, unsupported, notes, SGLANG_DOCS)

@@ -4,9 +4,8 @@ with the draft-target decoding config and the KV cache's memory fraction."""
 from __future__ import annotations
 
 import json
-import shlex
 
-from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction
+from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction, preamble, word
 
 # TensorRT-LLM 1.3 (PyTorch backend, LLM API): DraftTargetDecodingConfig(decoding_type "Draft_Target",
 # max_draft_len, speculative_model), KvCacheConfig.free_gpu_memory_fraction; trtllm-serve options:
@@ -32,7 +31,7 @@ def _trtllm(f: _Facts) -> ExportResult:
     _float_dtype_note(f, "TensorRT-LLM", unsupported)
     fraction = _free_kv_fraction(f)
     options = {
-        "kv_cache_config": {"free_gpu_memory_fraction": fraction, "dtype": kv},
+        "kv_cache_config": {"free_gpu_memory_fraction": fraction.value, "dtype": kv},
         "max_batch_size": f.batch,
         "max_seq_len": f.context,
         "max_num_tokens": f.batch * f.chunk,
@@ -46,8 +45,8 @@ def _trtllm(f: _Facts) -> ExportResult:
     settings = {"model": f.target, "backend": "pytorch", "extra_llm_api_options": options,
                 "request": {"max_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature,
                             "seed": f.seed}}
-    notes.append(f"free_gpu_memory_fraction = KV share of the memory left after weights, buffers, activations and "
-                 f"runtime overhead = {fraction} (rounded down to 0.001)")
+    notes.append(fraction.note("free_gpu_memory_fraction") + " (the KV share of the memory left after weights, "
+                 "buffers, activations and runtime overhead)")
     notes.append("save extra_llm_api_options as specmemo-trtllm.yaml (YAML or JSON both load)")
     unsupported.append("total memory: TensorRT-LLM sizes the KV cache from free memory after loading; the plan's "
                        "budget binds only through that fraction")
@@ -56,9 +55,16 @@ def _trtllm(f: _Facts) -> ExportResult:
                            "draft's device are TensorRT-LLM's choice")
     unsupported.append("sampling is per request: send temperature "
                        + ("0 (greedy)" if f.greedy else f"{f.temperature}"))
-    yaml_lines = json.dumps(options, indent=2)
-    command = ("cat > specmemo-trtllm.yaml <<'EOF'\n" + yaml_lines + "\nEOF\n"
-               + f"trtllm-serve {shlex.quote(f.target)} \\\n  " + _flags([
+    # the file spells the fraction as the flag and the note do; a bundled draft's path expands into it ($DRAFT)
+    bundled_draft = f.draft_source is not None and f.draft_source.kind == "bundled"
+    text = json.dumps(options, indent=2).replace(f'"free_gpu_memory_fraction": {fraction.value}',
+                                                 f'"free_gpu_memory_fraction": {fraction.text}')
+    if bundled_draft:
+        text = text.replace(json.dumps(f.draft), f'"${f.draft_source.var}"')
+    delimiter = "EOF" if bundled_draft else "'EOF'"  # quoted: the shell expands nothing inside
+    command = (preamble(f.target_source, f.draft_source)
+               + f"cat > specmemo-trtllm.yaml <<{delimiter}\n" + text
+               + "\nEOF\n" + f"trtllm-serve {word(f.target_source.shell)} \\\n  " + _flags([
                    ("--backend", "pytorch"), ("--max_batch_size", f.batch), ("--max_seq_len", f.context),
                    ("--max_num_tokens", f.batch * f.chunk), ("--tp_size", 1), ("--pp_size", f.num_devices),
                    ("--kv_cache_free_gpu_memory_fraction", fraction),

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import shlex
 
-from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization
+from .facts import (TORCH_DTYPE_NAMES, ExportResult, Raw, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization,
+                    preamble, word)
 
 # vLLM 0.25.0. Draft models through --speculative-config with method "draft_model":
 #   https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/
@@ -33,10 +34,11 @@ def _vllm(f: _Facts) -> ExportResult:
         unsupported.append("fp32 KV cache with 16-bit weights: vLLM's KV follows the model dtype")
     dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
     _float_dtype_note(f, "vLLM", unsupported)
+    utilization = _utilization(f)  # computed once: the option, its note and the settings read this value
     settings = {
         "model": f.target,
         "speculative_config": spec,
-        "gpu_memory_utilization": _utilization(f),
+        "gpu_memory_utilization": utilization.value,
         "max_num_seqs": f.batch,
         "max_model_len": f.context,
         "max_num_batched_tokens": f.batch * f.chunk,
@@ -63,8 +65,7 @@ def _vllm(f: _Facts) -> ExportResult:
             unsupported.append("different budgets per device: vLLM takes one --gpu-memory-utilization; "
                                "the smallest device's share is used")
     settings["request"] = {"max_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
-    notes.append(f"gpu_memory_utilization = budget / device memory = {settings['gpu_memory_utilization']} "
-                 "(rounded down to 0.001)")
+    notes.append(utilization.note("gpu_memory_utilization"))
     unsupported.append("KV sizing: vLLM fills what gpu_memory_utilization leaves with paged KV blocks (16 tokens "
                        "each) instead of allocating batch x context; max_num_seqs and max_model_len cap the same "
                        "batch and context, but the pool is not the plan's exact KV bytes")
@@ -73,13 +74,25 @@ def _vllm(f: _Facts) -> ExportResult:
                        "plan's largest forward, not its per-sequence chunking")
     unsupported.append("sampling is per request in vLLM: send temperature "
                        + ("0 (greedy)" if f.greedy else f"{f.temperature}") + f" and max_tokens {f.max_new_tokens}")
-    flags = [("--speculative-config", json.dumps(spec, separators=(", ", ": ")) if spec else None),
-             ("--gpu-memory-utilization", settings["gpu_memory_utilization"]),
+    flags = [("--speculative-config", _spec_word(f, spec)),
+             ("--gpu-memory-utilization", utilization),
              ("--max-num-seqs", f.batch), ("--max-model-len", f.context),
              ("--max-num-batched-tokens", settings["max_num_batched_tokens"]),
              ("--tensor-parallel-size", 1), ("--pipeline-parallel-size", f.num_devices),
              ("--dtype", dtype), ("--kv-cache-dtype", kv), ("--quantization", settings.get("quantization")),
              ("--seed", f.seed)]
     prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
-    command = f"{prefix}vllm serve {shlex.quote(f.target)} \\\n  " + _flags(flags)
+    command = (preamble(f.target_source, f.draft_source) + f"{prefix}vllm serve "
+               + word(f.target_source.shell) + " \\\n  " + _flags(flags))
     return ExportResult("vllm", VLLM_VERSION, settings, command, [u for u in unsupported if u], notes, VLLM_DOCS)
+
+
+def _spec_word(f: _Facts, spec: dict | None):
+    """--speculative-config as one shell word: single-quoted JSON, or double-quoted where it names "$DRAFT"."""
+    if spec is None:
+        return None
+    if f.draft_source.kind != "bundled":
+        return json.dumps(spec, separators=(", ", ": "))
+    text = json.dumps({**spec, "model": "@DRAFT@"}, separators=(", ", ": "))
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+    return Raw('"' + escaped.replace("@DRAFT@", f"${f.draft_source.var}") + '"')

@@ -1,33 +1,30 @@
 """Placement units of a model: the modules accelerate places whole, in forward order, with their bytes.
 
-Names and order are those transformers builds (`model.embed_tokens`, `model.layers.3`, `lm_head`, ...);
-parameter counts follow `models.count_parameters`, bytes `memory.weight_bytes` (quantised formats
-quantise only the decoder layers' matrices). accelerate's `compute_module_sizes` also counts buffers
-(the rotary `inv_freq` / `original_inv_freq` float32 buffers, Gemma's `embed_scale`): `accelerate_bytes`.
-See docs/placement.md.
+Names and order are those transformers builds (`model.embed_tokens`, `model.layers.3`, `lm_head`, ...), as each
+family states them (`ModelShape.modules`, from specmemo_plan/architectures); parameter counts are the
+family's (`ModelShape.layer_params` per decoder layer), bytes `memory.weight_bytes` (quantised formats quantise
+only the decoder layers' matrices). accelerate's `compute_module_sizes` also counts buffers (the rotary
+`inv_freq` / `original_inv_freq` float32 buffers, Gemma's `embed_scale`, DeepSeek-V3's router bias):
+`accelerate_bytes`. See docs/placement.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..architectures import dense, moe
 from ..errors import SpecMemoError
-from ..memory import FLOAT_DTYPES, compute_dtype, dtype_bytes, weight_bytes
-from ..models import LLAMA_LIKE, ModelShape
+from ..memory import FLOAT_DTYPES, compute_dtype, dtype_bytes, quantised_bytes, weight_bytes
+from ..models import Matrix, ModelShape
 
 
-# transformers' decoder layer class per model_type: what accelerate must not split.
+# transformers' decoder layer class per model_type: what accelerate must not split (tests check each against
+# the model's _no_split_modules).
 NO_SPLIT_CLASSES = {
-    "llama": "LlamaDecoderLayer",
-    "mistral": "MistralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer",
-    "gemma": "GemmaDecoderLayer",
-    "gpt2": "GPT2Block",
-    "gpt_neox": "GPTNeoXLayer",
+    **dense.LAYER_CLASSES, **moe.LAYER_CLASSES, "gpt2": "GPT2Block", "gpt_bigcode": "GPTBigCodeBlock",
+    "gpt_neox": "GPTNeoXLayer", "starcoder2": "Starcoder2DecoderLayer", "deepseek_v2": "DeepseekV2DecoderLayer",
+    "deepseek_v3": "DeepseekV3DecoderLayer",
 }
-# GPT-NeoX rotates only part of each head (transformers' GPTNeoXConfig default rotary_pct = 0.25, which
-# Pythia uses); ModelShape does not carry it, so the size of its inv_freq buffers assumes it.
-NEOX_ROTARY_PCT = 0.25
 
 
 # ----------------------------------------------------------------------------- module layout
@@ -60,59 +57,43 @@ class Layout:
         return self.units[-1]
 
 
-def _layer_params(model: ModelShape, non_layer_params: int) -> int:
-    body = model.num_params - non_layer_params
-    if body % model.num_layers:
-        raise SpecMemoError(f"{model.name}: parameter count does not divide into {model.num_layers} equal layers")
-    return body // model.num_layers
+def layer_weight_bytes(model: ModelShape, index: int, dtype: str) -> int:
+    """Bytes of decoder layer `index` in `dtype`: its matrices quantised (a quantised dtype) and the rest
+    (norms, biases, routers) in fp16, as memory.weight_bytes counts them."""
+    params = model.layer_params[index]
+    if dtype in FLOAT_DTYPES:
+        return params * dtype_bytes(dtype)
+    mine = [Matrix(m.out_features, m.in_features, m.per_layer, m.expert) for m in model.matrices if index in m.layers]
+    matrix = sum(m.params for m in mine)
+    return quantised_bytes(mine, dtype) + (params - matrix) * dtype_bytes("fp16")
 
 
 def layout(model: ModelShape, dtype: str) -> Layout:
-    """Placement units of `model` with weights stored in `dtype`, names and order as transformers builds them.
-
-    Parameter counts follow models.count_parameters; quantised formats quantise only the decoder layers'
-    matrices (memory.weight_bytes), so the per-layer bytes are the remainder after the 16-bit parts.
-    """
-    V, H, L = model.vocab_size, model.hidden_size, model.num_layers
+    """Placement units of `model` with weights stored in `dtype`, names and order as transformers builds them."""
+    mods = model.modules
+    if mods is None or mods.refusal:
+        reason = mods.refusal if mods is not None else f"model_type {model.model_type!r} has no known module layout"
+        raise SpecMemoError(f"{model.name} cannot be split over devices: {reason}", "plan it on one device")
+    if dtype == "stored":  # the headers give bytes per tensor, not per placement unit yet
+        raise SpecMemoError(f"{model.name}: --dtype stored is sized on one device only",
+                            "plan it on one device, or give the dtype the weights load in (fp16, bf16, ...)")
+    V, H = model.vocab_size, model.hidden_size
     float_weights = dtype in FLOAT_DTYPES
     b = dtype_bytes(dtype) if float_weights else dtype_bytes("fp16")  # bytes of the non-quantised parts
-    acc_b = dtype_bytes(compute_dtype(dtype))  # accelerate's dtype for the buffers
+    buffer_b = min(dtype_bytes(compute_dtype(dtype)), 4)  # accelerate sizes float32 buffers in the load dtype
     tied = model.tie_word_embeddings
     head_params = 0 if tied else V * H
-    if model.model_type in LLAMA_LIKE:
-        base, layers_name, embed = "model", "model.layers", "model.embed_tokens"
-        rotary = 2 * (model.head_dim // 2)  # inv_freq and original_inv_freq, float32
-        pre = [(embed, "embed", V * H, V * H * b + (acc_b if model.model_type == "gemma" else 0))]
-        post = [("model.norm", "norm", H), ("model.rotary_emb", "buffers", 0)]
-        rotary_bytes = rotary * min(acc_b, 4)
-    elif model.model_type == "gpt2":
-        base, layers_name, embed = "transformer", "transformer.h", "transformer.wte"
-        P = model.max_position_embeddings
-        pre = [(embed, "embed", V * H, V * H * b), ("transformer.wpe", "embed", P * H, P * H * b),
-               ("transformer.drop", "embed", 0, 0)]
-        post = [("transformer.ln_f", "norm", 2 * H)]
-        rotary_bytes = 0
-    elif model.model_type == "gpt_neox":
-        base, layers_name, embed = "gpt_neox", "gpt_neox.layers", "gpt_neox.embed_in"
-        pre = [(embed, "embed", V * H, V * H * b), ("gpt_neox.emb_dropout", "embed", 0, 0)]
-        post = [("gpt_neox.final_layer_norm", "norm", 2 * H), ("gpt_neox.rotary_emb", "buffers", 0)]
-        rotary_bytes = 2 * (int(model.head_dim * NEOX_ROTARY_PCT) // 2) * min(acc_b, 4)
-    else:  # models.SUPPORTED_MODEL_TYPES keeps this unreachable
-        raise SpecMemoError(f"{model.name}: model_type {model.model_type!r} cannot be split")
-    non_layer = sum(p for _, _, p, _ in pre) + sum(p for _, _, p in post) + head_params
-    per_layer_params = _layer_params(model, non_layer)
-    non_layer_bytes = non_layer * b
-    layer_total = weight_bytes(model, dtype) - non_layer_bytes
-    if layer_total % L:
-        raise SpecMemoError(f"{model.name}: {dtype} weights do not divide into {L} equal layers")
-    layer_bytes = layer_total // L
-    layer_acc = per_layer_params * b if float_weights else layer_bytes
-    units = [Unit(name, kind, None, p, p * b, acc) for name, kind, p, acc in pre]
-    units += [Unit(f"{layers_name}.{i}", "layer", i, per_layer_params, layer_bytes, layer_acc) for i in range(L)]
-    for name, kind, p in post:
-        acc = p * b + (rotary_bytes if kind == "buffers" else 0)
-        units.append(Unit(name, kind, None, p, p * b, acc))
+    units = [Unit(m.name, m.kind, None, m.params, m.params * b, m.params * b + m.buffers * buffer_b)
+             for m in mods.before]
+    buffers = mods.layer_buffers or (0,) * model.num_layers
+    for i in range(model.num_layers):
+        nbytes = layer_weight_bytes(model, i, dtype)
+        acc = (model.layer_params[i] * b if float_weights else nbytes) + buffers[i] * buffer_b
+        units.append(Unit(f"{mods.layers_name}.{i}", "layer", i, model.layer_params[i], nbytes, acc))
+    units += [Unit(m.name, m.kind, None, m.params, m.params * b, m.params * b + m.buffers * buffer_b)
+              for m in mods.after]
     units.append(Unit("lm_head", "head", None, head_params, head_params * b, head_params * b))
+    if sum(u.params for u in units) != model.num_params:
+        raise SpecMemoError(f"{model.name}: its modules do not add up to its {model.num_params} parameters")
     assert sum(u.weight_bytes for u in units) == weight_bytes(model, dtype)
-    return Layout(tuple(units), base, layers_name, tied, embed)
-
+    return Layout(tuple(units), mods.base, mods.layers_name, tied, mods.embed_name)

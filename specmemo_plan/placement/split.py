@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import SpecMemoError
+from ..activations import activation_bytes, target_activation_bytes
 from ..memory import (
     COMPONENTS,
     Knobs,
     MemoryBreakdown,
-    activation_bytes,
     breakdown,
     candidate_buffer_specs,
-    compute_dtype,
-    forward_activation_bytes,
     kv_cache_bytes,
-    kv_slots,
+    kv_layer_bytes,
     weight_bytes,
 )
 from ..models import ModelShape
@@ -155,7 +153,7 @@ class DeviceSplit:
 @dataclass(frozen=True)
 class _Costs:
     units: list  # bytes each placement unit makes its device hold
-    kv_layer: int  # one decoder layer's KV slice
+    kv_layers: tuple[int, ...]  # each decoder layer's KV (window layers hold fewer slots)
     input_buffers: int  # verify mask and lengths: on the embedding's device
     logits: int  # the verify logits: on the output layer's device
     draft_buffers: int
@@ -163,37 +161,28 @@ class _Costs:
     act_all: int  # the same, with the draft's forwards: on the draft's device
 
 
-def _target_activation(target, knobs) -> int:
-    """Peak transient of a target forward on any device: a prefill chunk or the verify pass."""
-    B, k = knobs.batch_size, knobs.draft_length
-    slots = kv_slots(target, knobs.max_context, k)
-    dtype = compute_dtype(knobs.weight_dtype)
-    return max(forward_activation_bytes(target, B, knobs.chunk, slots, dtype),
-               forward_activation_bytes(target, B, k + 1, slots, dtype))
-
-
 def _costs(target, draft, knobs, lay: Layout) -> _Costs:
     """Plan-space cost of each unit (what its device must hold for it); the draft rides with the output layer."""
     B, k = knobs.batch_size, knobs.draft_length
-    kv_layer = kv_cache_bytes(target, B, kv_slots(target, knobs.max_context, k), knobs.cache_dtype) // target.num_layers
+    kv_layers = kv_layer_bytes(target, B, knobs.max_context, k, knobs.cache_dtype)
     specs = {s.name: s.nbytes for s in candidate_buffer_specs(target, draft, knobs)}
-    input_buffers = specs.get("verify_mask", 0) + specs.get("lengths", 0)
+    input_buffers = specs.get("verify_mask", 0) + specs.get("verify_mask_sliding", 0) + specs.get("lengths", 0)
     draft_buffers = sum(v for name, v in specs.items() if name.startswith("draft_"))
-    act_target, act_all = _target_activation(target, knobs), activation_bytes(target, draft, knobs)
+    act_target, act_all = target_activation_bytes(target, knobs), activation_bytes(target, draft, knobs)
     draft_pack = 0
     if draft is not None:
-        draft_kv = kv_cache_bytes(draft, B, kv_slots(draft, knobs.max_context, k), knobs.cache_dtype)
+        draft_kv = kv_cache_bytes(draft, B, knobs.max_context, k, knobs.cache_dtype)
         draft_pack = weight_bytes(draft, knobs.draft_dtype) + draft_kv + draft_buffers + (act_all - act_target)
     head_extra = specs["target_logits"] + draft_pack
     units = []
     for u in lay.units:
-        cost = u.weight_bytes + (kv_layer if u.kind == "layer" else 0)
+        cost = u.weight_bytes + (kv_layers[u.layer] if u.kind == "layer" else 0)
         if u.name == lay.embed_name:
             cost += input_buffers + (head_extra if lay.tied else 0)
         if u.kind == "head" and not lay.tied:
             cost += head_extra
         units.append(cost)
-    return _Costs(units, kv_layer, input_buffers, specs["target_logits"], draft_buffers, act_target, act_all)
+    return _Costs(units, kv_layers, input_buffers, specs["target_logits"], draft_buffers, act_target, act_all)
 
 
 def _walk(costs, limits) -> list[int] | None:
@@ -294,8 +283,7 @@ def _build(target, draft, knobs, budgets, overhead, policy, lay, where, costs: _
     head_device = where[-1]
     embed_device = where[[u.name for u in units].index(lay.embed_name)]
     draft_device = head_device if draft is not None else None
-    draft_kv = (kv_cache_bytes(draft, knobs.batch_size, kv_slots(draft, knobs.max_context, knobs.draft_length),
-                               knobs.cache_dtype) if draft is not None else 0)
+    draft_kv = kv_cache_bytes(draft, knobs.batch_size, knobs.max_context, knobs.draft_length, knobs.cache_dtype)
     devices = []
     for i, budget in enumerate(budgets):
         held = [u for u, d in zip(units, where) if d == i]
@@ -306,7 +294,7 @@ def _build(target, draft, knobs, budgets, overhead, policy, lay, where, costs: _
         components = {
             "target_weights": sum(u.weight_bytes for u in held),
             "draft_weights": weight_bytes(draft, knobs.draft_dtype) if holds_draft else 0,
-            "target_kv": costs.kv_layer * len(layer_ids),
+            "target_kv": sum(costs.kv_layers[j] for j in layer_ids),
             "draft_kv": draft_kv if holds_draft else 0,
             "candidate_buffers": buffers + (costs.draft_buffers if holds_draft else 0),
             # one forward at a time: the draft's device also runs the draft (activation_bytes over both)

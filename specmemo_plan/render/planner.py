@@ -9,6 +9,31 @@ from ..units import format_bytes
 from . import breakdown_table, describe_bytes, gib, key_values, table
 
 
+# How to replace an assumed acceptance, in the words of the calculator commands
+MEASURE_HINT = "give --acceptance, or measure it with `specmemo-plan profile`"
+
+
+def latency_words(source: str) -> str:
+    """Where a prediction's forward latencies come from (a LatencyModel.source), for people."""
+    kind, _, rest = source.partition(":")
+    if kind == "bandwidth":
+        return f"a bandwidth-only model at {rest.replace('GB/s', ' GB/s')} (assumed: no --profile; set --bandwidth)"
+    if kind == "roofline":
+        return f"the {rest} profile's roofline (spec-sheet peaks and assumed efficiencies, not measured)"
+    if kind == "measured":
+        return f"curves fitted to latencies measured on {rest}"
+    return source
+
+
+def acceptance_words(acceptance: float, source: str, hint: str = MEASURE_HINT) -> str:
+    """How a prediction's acceptance was obtained: assumed (with what to do about it), given, or measured."""
+    if source == "assumed":
+        return f"an assumed acceptance {acceptance:g} (no measurement; {hint})"
+    if source == "given":
+        return f"the given acceptance {acceptance:g} (not measured)"
+    return f"the {source} acceptance {acceptance:.3f}"
+
+
 def limit_note(value, limit: int) -> str:
     """A searched value, marked when it sits at the search limit (then the optimum may lie past it)."""
     if value is None:
@@ -45,15 +70,24 @@ def with_split(lines: list[str], split, single_total: int | None = None) -> str:
 
 
 def presets(rows: list[dict]) -> str:
-    return table(
-        [[r["name"], r["model_type"], f"{r['num_params'] / 1e6:,.1f}M", r["num_layers"], r["num_kv_heads"],
-          r["head_dim"], r["vocab_size"], f"{r['kv_bytes_per_token_fp16'] / 1024:g}"] for r in rows],
-        ["preset", "type", "params", "layers", "KV heads", "head_dim", "vocab", "KV KiB/token (fp16)"],
-    )
+    def row(r):
+        if "model_type" not in r:  # a bundled model whose package is missing
+            return [r["name"], r["weights"], *["-"] * 6, r["note"]]
+        return [r["name"], r["weights"], r["model_type"], f"{r['num_params'] / 1e6:,.1f}M", r["num_layers"],
+                r["num_kv_heads"], r["head_dim"], r["vocab_size"], f"{r['kv_bytes_per_token_fp16'] / 1024:g}"]
+
+    return table([row(r) for r in rows], ["model (--target/--draft)", "weights", "type", "params", "layers", "KV heads",
+                                          "head_dim", "vocab", "KV KiB/token (fp16)"])
 
 
-def estimate(head: str, memory, split, single_total: int, profile=None, fits: bool | None = None) -> str:
+def estimate(head: str, memory, split, single_total: int, profile=None, fits: bool | None = None,
+             models=()) -> str:
     lines = [head, breakdown_table(memory)]
+    for role, facts in zip(("target", "draft"), models):
+        if facts is not None:
+            stored = f"; stored {format_bytes(facts['stored_bytes'])} ({facts['stored_source']}, --dtype stored)" \
+                if facts["stored_bytes"] is not None and not facts["weight_source"].startswith(facts["stored_source"]) else ""
+            lines.append(f"{role} weights from: {facts['weight_source']}{stored}")
     if profile is not None and len(split.devices) == 1:
         lines.append(f"{'fits' if fits else 'does NOT fit'} {profile.name} ({format_bytes(profile.memory_bytes)})")
     if len(split.devices) > 1:
@@ -61,14 +95,16 @@ def estimate(head: str, memory, split, single_total: int, profile=None, fits: bo
     return "\n".join(lines)
 
 
-def min_budget(result, latency_source: str, acceptance: float, devices: int) -> str:
+def min_budget(result, latency_source: str, acceptance: float, acceptance_source: str, devices: int,
+               k_source: str) -> str:
     s = result.speed
     budget = describe_bytes(result.total_bytes) + (f" x {devices} devices" if devices > 1 else "")
     pairs = [
         ["minimum budget" + (" per device" if devices > 1 else ""), budget],
-        ["at draft length k", result.draft_length],
-        ["predicted speedup", f"{s.speedup:.2f}x ({latency_source}, acceptance {acceptance})"],
+        ["at draft length k", f"{result.draft_length} ({k_source})"],
+        ["predicted speedup", f"{s.speedup:.2f}x at {acceptance_words(acceptance, acceptance_source)}"],
         ["predicted tokens/s", f"{s.tokens_per_s:,.1f} (plain {s.plain_tokens_per_s:,.1f})"],
+        ["latency from", latency_words(latency_source)],
         ["plain decoding needs", describe_bytes(result.plain_total_bytes)],
     ]
     body = split_rows(result.split) if devices > 1 else breakdown_table(result.memory)
@@ -82,27 +118,31 @@ def fit(data: dict, knobs, has_draft: bool, devices: int, k_limit: int, split) -
     lines = [key_values([
         ["budget", budget],
         ["these knobs need", need],
-        [f"largest batch (context {knobs.max_context}, k={knobs.draft_length})", data["largest_batch"] or "none"],
+        [f"largest batch (context {knobs.max_context}, k={knobs.draft_length})",
+         limit_note(data["largest_batch"], data["batch_search_limit"])],
         [f"largest context (batch {knobs.batch_size}, k={knobs.draft_length})",
          f"{data['largest_context'] or 'none'} (models' limit {data['model_max_context']})"],
         [f"largest k (batch {knobs.batch_size}, context {knobs.max_context}, searched to {k_limit})",
          limit_note(data["largest_draft_length"], k_limit) if has_draft else "- (no draft)"],
-    ])]
-    return with_split(lines, split) if split is not None else lines[0]
+    ])] + [f"note: {n}" for n in data.get("notes", [])]
+    return with_split(lines, split) if split is not None else "\n".join(lines)
 
 
-def plan(path, p, split, single_total: int, speed, latency_source: str, acceptance_source: str, link) -> str:
+def plan(path, p, split, single_total: int, speed, latency_source: str, acceptance_source: str, link,
+         hint: str = MEASURE_HINT) -> str:
     n = p.device.count
     device = f"{p.device.name} ({p.device.kind}, {format_bytes(p.device.total_memory_bytes)}" + (" each)" if n > 1 else ")")
-    speed_text = f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain, {latency_source}"
-    speed_text += (f", {link:g} GB/s between devices" if n > 1 and link else "") + ")"
+    speed_text = f"{speed.tokens_per_s:,.1f} (plain decoding)"
     if p.draft is not None:
-        speed_text += f"; acceptance {speed.acceptance_rate:.3f} {acceptance_source}"
+        speed_text = (f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain) at "
+                      + acceptance_words(speed.acceptance_rate, acceptance_source, hint))
+    latency_text = latency_words(latency_source) + (f", {link:g} GB/s between devices" if n > 1 and link else "")
     pairs = [
         ["devices" if n > 1 else "device", (f"{n} x " if n > 1 else "") + device],
         ["budget per device" if n > 1 else "budget", describe_bytes(p.budget_bytes)],
         ["predicted total, all devices" if n > 1 else "predicted total", describe_bytes(p.prediction.memory["total_bytes"])],
         ["predicted tokens/s", speed_text],
+        ["latency from", latency_text],
     ]
     return with_split([f"wrote {path}", key_values(pairs)], split, single_total)
 
@@ -122,7 +162,7 @@ def probed(rows: list[dict]) -> str:
         ["backend", "#", "name", "GiB", "free GiB", "profile", "source"])
 
 
-def compare(verdicts) -> str:
+def compare(verdicts, sources: list[str] = ()) -> str:
     def speed(v):
         return "-" if v is None else f"{v:,.1f}"
 
@@ -131,8 +171,9 @@ def compare(verdicts) -> str:
              "-" if v.best_draft_length is None else limit_note(v.best_draft_length, v.draft_length_limit), v.best_batch or "-",
              speed(v.plain_tokens_per_s), speed(v.sd_tokens_per_s), "-" if v.speedup is None else f"{v.speedup:.2f}x",
              gib(v.headroom_bytes) if v.headroom_bytes is not None else "-", v.note] for v in verdicts]
-    return table(rows, ["device", "GiB", "plain fits", "SD fits", "SD min budget GiB", "best k", "best batch",
+    text = table(rows, ["device", "GiB", "plain fits", "SD fits", "SD min budget GiB", "best k", "best batch",
                         "plain tok/s", "best tok/s", "speedup", "headroom GiB", "note"])
+    return "\n".join([text, *sources])
 
 
 def export(result) -> str:

@@ -38,6 +38,18 @@ def fit_rows(measured) -> str:
 # ----------------------------------------------------------------------------- tune and verify
 
 
+def prediction_sources(prediction) -> str:
+    """Where a plan's predicted tokens/s come from: its latency model and its acceptance (plan.Prediction)."""
+    from .planner import acceptance_words, latency_words
+
+    text = f"prediction from {latency_words(prediction.latency_source)}"
+    if prediction.acceptance_rate is not None:
+        how = {"given": "the given acceptance {:g} (`profile --acceptance`, not measured)"}.get(prediction.acceptance_source)
+        text += " at " + (how.format(prediction.acceptance_rate) if how else
+                          acceptance_words(prediction.acceptance_rate, prediction.acceptance_source))
+    return text
+
+
 def render_tune(plan, report, verified=None) -> str:
     """The written plan, the notes that explain it, the frontier searched; the verify run if any."""
     result = report.result
@@ -46,7 +58,7 @@ def render_tune(plan, report, verified=None) -> str:
     p = plan.prediction
     lines = [f"wrote plan: k={plan.knobs.draft_length}, batch {plan.knobs.batch_size}, prefill chunk {plan.knobs.chunk}, "
              f"context {plan.knobs.max_context}, predicted {p.tokens_per_s:,.1f} tokens/s "
-             f"({p.speedup:.2f}x plain), {describe_bytes(p.memory['total_bytes'])}"]
+             f"({p.speedup:.2f}x plain), {describe_bytes(p.memory['total_bytes'])}", prediction_sources(p)]
     lines += [f"note: {n}" for n in report.notes]
     lines.append(f"searched {result.evaluated} configurations in {report.search_seconds * 1e3:.0f} ms; "
                  "memory/throughput frontier:")
@@ -65,7 +77,10 @@ def render_verify(v) -> str:
     if v.plain is not None:
         rows.append(["plain decoding", f"{v.plain.stats.decode_tokens_per_s:,.1f}",
                      f"{at_run.plain_tokens_per_s:,.1f}" if at_run else "-", _pct(v.plain_throughput_error_percent), "-"])
-    lines = [f"verified on {v.prompts} calibration prompts, up to {v.max_new_tokens} new tokens each:",
+    cycled = getattr(v, "distinct_prompts", v.prompts) < v.prompts
+    lines = [f"verified on {v.prompts} calibration prompts, up to {v.max_new_tokens} new tokens each"
+             + (f" (whole batches of the plan's batch; {v.distinct_prompts} distinct prompts cycled)" if cycled else "")
+             + ":",
              table(rows, ["run", "measured tok/s (decode)", "predicted tok/s", "error", "acceptance"])]
     if v.measured_speedup is not None:
         verdict = "pays" if v.measured_speedup > 1 else "does NOT pay"
