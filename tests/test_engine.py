@@ -15,12 +15,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from scipy.stats import chisquare
 
 from engine import runtime as runtime_module
-from engine.chat import ChatSession
-from engine.cli import main as cli_main
 from engine.results import Stats
 from engine.runtime import Engine
 from engine.speculative import Sampler
@@ -265,50 +262,6 @@ def test_speculative_sampling_is_lossless(tiny_vocab_pair, monkeypatch):
 # ----------------------------------------------------------------------------- chat sessions
 
 
-def test_chat_reuses_kv_and_matches_generate(tiny_pair, hf_target):
-    engine = engine_for(tiny_pair, draft_length=3, max_context=96, max_new_tokens=12)
-    session = ChatSession(engine, max_new_tokens=12)
-    history = []
-    for i, user in enumerate([[5, 6, 7, 8], [40, 41, 42], [9, 9, 9, 9, 9]]):
-        reply = session.say_ids(user)
-        history += user
-        assert reply.token_ids == hf_greedy(hf_target, history, 12)
-        if i:  # everything before this turn's message came from the caches
-            assert reply.reused_tokens == len(history) - len(user)
-        history += reply.token_ids
-        assert reply.prompt_tokens == len(history) - len(reply.token_ids)
-    # another request in between takes the caches: the session notices and recomputes
-    engine.generate([[1, 2, 3]], max_new_tokens=4)
-    reply = session.say_ids([7, 8])
-    assert reply.reused_tokens == 0 and reply.token_ids == hf_greedy(hf_target, history + [7, 8], 12)
-
-
-def test_chat_overflow_refuses_with_a_message(tiny_pair):
-    engine = engine_for(tiny_pair, draft_length=2, max_context=40, max_new_tokens=10)
-    session = ChatSession(engine, max_new_tokens=10)
-    session.say_ids(list(range(10, 22)))  # 12 + up to 10
-    turns = list(session.turns)
-    with pytest.raises(SpecMemoError) as err:
-        session.say_ids(list(range(50, 62)))
-    assert "knobs.max_context" in err.value.message and "40" in err.value.message
-    assert "drop-oldest" in err.value.hint
-    assert session.turns == turns  # the session is unchanged and still usable
-    assert session.say_ids([3, 4]).token_ids
-
-
-def test_chat_drop_oldest_turns(tiny_pair, hf_target):
-    engine = engine_for(tiny_pair, draft_length=2, max_context=40, max_new_tokens=8)
-    session = ChatSession(engine, max_new_tokens=8, on_overflow="drop-oldest", system_ids=[1, 2])
-    first = session.say_ids(list(range(10, 24)))
-    second_user = list(range(60, 74))
-    reply = session.say_ids(second_user)
-    assert reply.dropped_turns == 1
-    assert reply.token_ids == hf_greedy(hf_target, [1, 2] + second_user, 8)
-    assert len(session.turns) == 1 and first.token_ids
-    with pytest.raises(SpecMemoError, match="alone"):
-        session.say_ids(list(range(100, 135)))
-
-
 # ----------------------------------------------------------------------------- enforcement
 
 
@@ -401,56 +354,3 @@ def test_device_probes_fail_cleanly(capsys):
 # ----------------------------------------------------------------------------- random weights, CLI
 
 
-@pytest.fixture
-def tiny_config_plan(tmp_path):
-    """A plan whose models are config.json files: random weights, no tokenizer."""
-    (tmp_path / "target.json").write_text(json.dumps(TINY_CONFIG))
-    (tmp_path / "draft.json").write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=1)))
-    plan = make_test_plan(str(tmp_path / "target.json"), str(tmp_path / "draft.json"), batch_size=2, max_context=64,
-                          max_new_tokens=8)
-    return write_plan(plan, tmp_path / "plan.json")
-
-
-def test_cli_json(tiny_config_plan):
-    result = CliRunner().invoke(cli_main, ["--plan", str(tiny_config_plan), "--prompt", "hello", "--json",
-                                           "--ignore-eos"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert set(data) == {"outputs", "stats", "memory"}
-    assert len(data["outputs"][0]["token_ids"]) == 8 and "text" in data["outputs"][0]
-    assert data["stats"]["random_weights"] == {"target": True, "draft": True}
-    assert set(data["memory"]) == {"predicted", "measured"}
-    assert "RANDOM weights" in result.stderr
-
-
-def test_cli_batch_and_text_output(tiny_config_plan, tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("first prompt\n\nsecond\n")
-    result = CliRunner().invoke(cli_main, ["--plan", str(tiny_config_plan), "--prompts-file", str(prompts)])
-    assert result.exit_code == 0, result.output
-    assert "output 2" in result.stdout and "acceptance rate" in result.stdout and "target_kv" in result.stdout
-
-
-def test_cli_errors_are_one_line(tiny_config_plan, tmp_path):
-    runner = CliRunner()
-    cases = [
-        ["--plan", str(tmp_path / "missing.json"), "--prompt", "x"],
-        ["--plan", str(tiny_config_plan), "--prompt", "x" * 100],
-        ["--plan", str(tiny_config_plan), "--prompt", "a", "--prompt", "b", "--prompt", "c"],
-    ]
-    for args, needle in zip(cases, ["no plan file", "knobs.max_context", "knobs.batch_size"]):
-        result = runner.invoke(cli_main, args)
-        # one exit-code convention with specmemo-plan (specmemo_plan.cli.options): a user error is 1
-        assert result.exit_code == 1, result.output
-        lines = result.stderr.strip().splitlines()
-        assert lines[-1].startswith("Error: ") and needle in lines[-1]
-        assert "Traceback" not in result.output
-
-
-def test_cli_chat(tiny_config_plan):
-    result = CliRunner().invoke(cli_main, ["chat", "--plan", str(tiny_config_plan), "--json", "--max-new-tokens", "4"],
-                                input="hi\nagain\n/reset\nnew\n")
-    assert result.exit_code == 0, result.output
-    replies = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(replies) == 3
-    assert replies[1]["reused_tokens"] > 0 and replies[2]["reused_tokens"] == 0
