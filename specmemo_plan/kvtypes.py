@@ -126,6 +126,13 @@ def kv_row_bytes(kv: KVType, elements: int, head_dim: int | None = None, which: 
     return elements // kv.block_values * kv.block_bytes
 
 
+def canonical_kv(text: str) -> str:
+    """The one spelling of a K[:V] pair the plan stores: 'f16' -> 'fp16', 'q8_0:q8_0' -> 'q8_0',
+    'q8_0:f16' -> 'q8_0:fp16'."""
+    k, v = parse_kv_dtypes(text)
+    return k.name if k == v else f"{k.name}:{v.name}"
+
+
 def kv_pair_notes(k: KVType, v: KVType) -> tuple[str, ...]:
     """What an engine requires of this K/V pair (sources in the module docstring)."""
     notes = []

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .errors import SpecMemoError
+from .kvtypes import KV_TYPES, kv_row_bytes, parse_kv_dtypes
 from .models import CacheLayer, ModelShape
 
 # Bits per stored element. Weight-only quantised formats (fp8, int8, int4) compute in fp16.
@@ -25,7 +26,7 @@ FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 # "stored": the weights exactly as the checkpoint's own headers say they are stored (ModelShape.stored)
 STORED = "stored"
 WEIGHT_DTYPES = tuple(DTYPE_BITS) + (STORED,)
-KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+KV_DTYPES = tuple(KV_TYPES)  # each may be given as K or K:V (kvtypes.parse_kv_dtypes)
 INDEX_BYTES = 8  # token ids and positions are int64, as torch embeddings and transformers expect
 BOOL_BYTES = 1  # torch.bool
 # int4 group size: GPTQ and AWQ default to groups of 128 input features with an fp16 scale and
@@ -102,10 +103,13 @@ class Knobs:
         for name, value, allowed in (
             ("weight_dtype", self.weight_dtype, WEIGHT_DTYPES),
             ("draft_weight_dtype", self.draft_dtype, WEIGHT_DTYPES),
-            ("kv_dtype", self.cache_dtype, KV_DTYPES),
         ):
             if value not in allowed:
                 raise SpecMemoError(f"{name} {value!r} is not known", "choose one of: " + ", ".join(allowed))
+        try:
+            parse_kv_dtypes(self.cache_dtype)  # K[:V]
+        except SpecMemoError as exc:
+            raise SpecMemoError(f"kv_dtype {self.cache_dtype!r}: {exc.message}", exc.hint) from None
         return self
 
 
@@ -240,14 +244,24 @@ def window_slots(model: ModelShape, max_context: int, in_flight: int) -> int | N
 
 
 def kv_layer_bytes(model: ModelShape, batch_size: int, max_context: int, in_flight: int, kv_dtype: str) -> tuple[int, ...]:
-    """Each layer's cache: kv_heads * (k_dim + v_dim) * b_kv * B * slots of that layer.
+    """Each layer's cache: (K row bytes + V row bytes) * B * slots of that layer, a row being one token's
+    kv_heads * k_dim (or * v_dim) values in the K (or V) type of `kv_dtype` ('fp16', or 'q8_0:fp16':
+    kvtypes.kv_row_bytes; 16-bit types give kv_heads * (k_dim + v_dim) * 2).
 
     kv_heads is what the layer caches: the config's num_key_value_heads (GQA: Llama-2-70B has 8, not
     64), 1 for multi-query GPT-BigCode, and 1 for DeepSeek's latent (k_dim = kv_lora_rank, v_dim =
     qk_rope_head_dim: transformers caches the compressed latent and the shared RoPE key)."""
-    b = dtype_bytes(kv_dtype)
-    return tuple(layer.elements_per_token * b * batch_size * kv_layer_slots(layer, max_context, in_flight)
+    return tuple(kv_row_pair_bytes(layer, kv_dtype) * batch_size * kv_layer_slots(layer, max_context, in_flight)
                  for layer in model.cache_layers)
+
+
+def kv_row_pair_bytes(layer: CacheLayer, kv_dtype: str) -> int:
+    """One token's K and V bytes in one layer; block types (llama.cpp's q8_0 ...) quantise each row in
+    blocks per head (kvtypes.kv_row_bytes refuses a head size that is not whole blocks, as llama.cpp does)."""
+    k_type, v_type = parse_kv_dtypes(kv_dtype)
+    k = kv_row_bytes(k_type, layer.kv_heads * layer.k_dim, layer.k_dim, "K")
+    v = kv_row_bytes(v_type, layer.kv_heads * layer.v_dim, layer.v_dim, "V")
+    return k + v
 
 
 def kv_cache_bytes(model: ModelShape | None, batch_size: int, max_context: int, in_flight: int, kv_dtype: str) -> int:
@@ -260,7 +274,7 @@ def kv_cache_bytes(model: ModelShape | None, batch_size: int, max_context: int, 
 
 def kv_token_bytes(model: ModelShape, kv_dtype: str) -> int:
     """Bytes one token adds to the cache over all layers while no window is full (display)."""
-    return sum(layer.elements_per_token for layer in model.cache_layers) * dtype_bytes(kv_dtype)
+    return sum(kv_row_pair_bytes(layer, kv_dtype) for layer in model.cache_layers)
 
 
 def candidate_buffer_specs(

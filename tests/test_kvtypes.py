@@ -89,3 +89,41 @@ def test_the_tables_agree():
     # llama.cpp's own list (common/arg.cpp kv_cache_types), in its spelling
     assert [ENGINE_SPELLINGS["llama.cpp"][n] for n in LLAMACPP_TYPES] == [
         "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+
+
+# ----------------------------------------------------------------------------- wired into the memory model
+
+
+def test_kv_types_in_the_breakdown_and_the_exports():
+    from specmemo_plan.export import export_plan
+    from specmemo_plan.memory import Knobs, breakdown
+    from specmemo_plan.models import load_shape
+    from specmemo_plan.plan import DeviceSpec, make_plan
+
+    t = load_shape("llama-3.1-8b-instruct")  # 32 layers, 8 KV heads x 128
+    C = 4096
+    for spec, k_row, v_row in (("q8_0", 8 * 128 // 32 * 34, 8 * 128 // 32 * 34),
+                               ("q8_0:f16", 8 * 128 // 32 * 34, 8 * 128 * 2),
+                               ("fp8", 8 * 128, 8 * 128)):
+        mem = breakdown(t, None, Knobs(batch_size=2, max_context=C, kv_dtype=spec))
+        assert mem.components["target_kv"] == 32 * (k_row + v_row) * 2 * C
+    gpu = DeviceSpec(kind="cuda", name="NVIDIA GeForce RTX 4090", total_memory_bytes=25_757_220_864)
+    plan = make_plan("llama-3.1-8b-instruct", t, None, None, Knobs(batch_size=1, max_context=C, kv_dtype="q8_0:q4_0"),
+                     gpu, 20 * 2**30)
+    cmd = export_plan(plan, "llama.cpp").command
+    assert "-ctk q8_0" in cmd and "-ctv q4_0" in cmd and "-fa on" in cmd
+    vllm = export_plan(plan, "vllm")
+    assert vllm.settings["kv_cache_dtype"] == "auto"
+    assert any("takes one type for K and V" in u for u in vllm.unsupported)
+
+
+def test_a_head_size_that_is_not_whole_blocks_is_refused():
+    from specmemo_plan.memory import Knobs, breakdown
+    from specmemo_plan.models import shape_from_config
+
+    cfg = {"model_type": "llama", "hidden_size": 240, "intermediate_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 5, "vocab_size": 32, "max_position_embeddings": 64}  # head_dim 48
+    shape = shape_from_config(cfg, "h48", "config:h48")
+    assert breakdown(shape, None, Knobs(batch_size=1, max_context=8, kv_dtype="fp16")).components["target_kv"] > 0
+    with pytest.raises(SpecMemoError, match="do not divide the head size 48"):
+        breakdown(shape, None, Knobs(batch_size=1, max_context=8, kv_dtype="q8_0"))

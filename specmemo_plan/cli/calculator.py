@@ -14,14 +14,14 @@ import click
 from .. import budget as budget_mod
 from ..errors import SpecMemoError
 from ..files import check_output_path
-from ..memory import KV_DTYPES, WEIGHT_DTYPES, Knobs, breakdown, kv_token_bytes
+from ..memory import WEIGHT_DTYPES, Knobs, breakdown, kv_token_bytes
 from ..models import BUNDLED_MODELS, check_pair, list_presets, load_preset_config, load_shape
 from ..placement import DEFAULT_POLICY, POLICIES, split_layers
 from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
-from .options import (POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option, model_files,
-                      positive, user_errors)
+from .options import (KV_DTYPE_HELP, POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option,
+                      kv_dtype, model_files, positive, user_errors)
 
 DEFAULT_DRAFT_LENGTH = 4  # a common default (vLLM's examples, HF assisted generation starts at 5)
 
@@ -39,7 +39,7 @@ def model_options(func):
                      help="Tokens per sequence: prompt + generated."),
         click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="fp16", show_default=True, help="Target weights."),
         click.option("--draft-dtype", type=click.Choice(WEIGHT_DTYPES), default=None, help="Draft weights (default: --dtype)."),
-        click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="KV cache (default: the compute dtype)."),
+        click.option("--kv-dtype", default=None, callback=kv_dtype, help=KV_DTYPE_HELP),
         click.option("--prefill-chunk", type=int, default=None, callback=positive, help="Prompt tokens per prefill forward (default 512)."),
         click.option("--profile", "-p", "profile_name", default=None, help="Hardware profile (see `devices --profiles`)."),
         click.option("--devices", "num_devices", type=int, default=1, show_default=True, callback=positive,

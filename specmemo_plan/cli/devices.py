@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from ..memory import KV_DTYPES, WEIGHT_DTYPES
+from ..memory import WEIGHT_DTYPES
 from ..render import planner as render
 from ..errors import SpecMemoError
 from ..throughput import DEFAULT_ACCEPTANCE
 from .calculator import acceptance_given, gather
-from .options import SHARE, emit, json_option, positive, user_errors
+from .options import KV_DTYPE_HELP, SHARE, emit, kv_dtype, json_option, positive, user_errors
 
 
 @click.command()
@@ -51,7 +51,7 @@ def devices(show_profiles, as_json):
 @click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive, help="Largest batch to consider.")
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default=None,
               help="Weights dtype  [default: the measured profile's, else fp16]")
-@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="KV cache (default: the compute dtype).")
+@click.option("--kv-dtype", default=None, callback=kv_dtype, help=KV_DTYPE_HELP)
 @click.option("--acceptance", "-a", type=SHARE, default=None,
               help="Per-token acceptance for the profiles' rooflines (a --measured device uses its own histogram)  "
                    f"[default: {DEFAULT_ACCEPTANCE}, assumed]")

@@ -93,6 +93,22 @@ def emit(data: dict, as_json: bool, render) -> None:
         click.echo(render())
 
 
+KV_DTYPE_HELP = ("KV cache type, K or K:V (e.g. fp8, q8_0, q8_0:f16; llama.cpp's q8_0 is 8.5 bits a value); "
+                 "default: the compute dtype.")
+
+
+def kv_dtype(ctx, param, value):
+    """--kv-dtype K[:V]: one spelling (kvtypes.canonical_kv), or click's usage error naming the known types."""
+    if value is None:
+        return None
+    from ..kvtypes import canonical_kv
+
+    try:
+        return canonical_kv(value)
+    except SpecMemoError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be positive, got {value}")

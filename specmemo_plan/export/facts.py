@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecMemoError
+from ..kvtypes import parse_kv_dtypes
 from ..placement import DeviceShare, Placement
 from ..plan import Plan, validate
 
@@ -314,6 +315,19 @@ def _free_kv_fraction(f: _Facts) -> Fraction:
 def _needs_gpu(f: _Facts, engine: str, out: list) -> None:
     if f.kind == "cpu":
         out.append(f"device: this plan is for the CPU; {engine}'s speculative decoding runs on GPUs")
+
+
+def one_kv_type(f: _Facts, engine: str, out: list) -> str:
+    """The one cache type of engines that take a single --kv-cache-dtype (vLLM, SGLang, TensorRT-LLM): the
+    plan's K type; a separate V type, or a llama.cpp block type they lack, is listed in `out`."""
+    k, v = parse_kv_dtypes(f.kv_dtype)
+    if k != v:
+        out.append(f"KV cache {k.name}:{v.name}: {engine} takes one type for K and V; the K type is exported")
+    if k.is_block_quantized:
+        out.append(f"{k.name} KV cache: a llama.cpp block type {engine} does not have; 'auto' keeps the model "
+                   f"dtype and needs about {16 / k.bits_per_value:.1f}x the plan's K bytes")
+        return "fp16"
+    return k.name
 
 
 def _float_dtype_note(f: _Facts, engine: str, out: list) -> None:

@@ -3,6 +3,7 @@ through --tensor-split."""
 
 from __future__ import annotations
 
+from ..kvtypes import ENGINE_SPELLINGS, parse_kv_dtypes
 from .facts import ExportResult, _Facts, _flags
 from .gguf_files import gguf_file
 
@@ -17,14 +18,29 @@ LLAMACPP_DOCS = (
 )
 
 
+def _llamacpp_cache(kv, which: str, notes: list, unsupported: list) -> str:
+    """llama.cpp's -ctk / -ctv spelling of one plan KV type (kvtypes.ENGINE_SPELLINGS); fp8 and int8 map to q8_0."""
+    spelled = ENGINE_SPELLINGS["llama.cpp"].get(kv.name)
+    if spelled is not None:
+        return spelled
+    if kv.name == "int8":
+        line = "int8 KV -> q8_0: blocks of 32 values with one fp16 scale (8.5 bits per value)"
+        if line not in notes:
+            notes.append(line)
+    else:  # fp8, fp8_e4m3, fp8_e5m2
+        line = (f"{kv.name} KV cache: llama.cpp has no fp8 cache type; q8_0 (8.5 bits per value) is the closest "
+                "and takes about 6% more than the plan's bytes")
+        if line not in unsupported:  # K and V of one type: said once
+            unsupported.append(line)
+    return "q8_0"
+
+
 def _llamacpp(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
-    cache = {"fp16": "f16", "bf16": "bf16", "fp32": "f32", "int8": "q8_0", "fp8": "q8_0"}[f.kv_dtype]
-    if f.kv_dtype == "fp8":
-        unsupported.append("fp8 KV cache: llama.cpp has no fp8 cache type; q8_0 (8.5 bits per value) is the "
-                           "closest and takes about 6% more than the plan's KV")
-    if f.kv_dtype == "int8":
-        notes.append("int8 KV -> q8_0: blocks of 32 values with one fp16 scale (8.5 bits per value)")
+    cache_k, cache_v = (_llamacpp_cache(t, which, notes, unsupported) for t, which in zip(parse_kv_dtypes(f.kv_dtype), "KV"))
+    flash = cache_v.startswith(("q", "iq"))  # llama.cpp refuses a quantised V cache without flash attention
+    if flash:
+        notes.append(f"a {cache_v} V cache needs flash attention: the command passes -fa on")
     t_file = gguf_file(f.target_source, f.weight_dtype, f.target_source)
     d_file = gguf_file(f.draft_source, f.draft_dtype or f.weight_dtype, f.target_source) if f.draft else None
     target, draft = t_file.setting, d_file.setting if d_file else None
@@ -50,11 +66,13 @@ def _llamacpp(f: _Facts) -> ExportResult:
         settings.update({"spec_type": "draft-simple", "spec_draft_model": draft, "spec_draft_n_max": f.k,
                          "spec_draft_n_min": f.k, "spec_draft_p_min": 0.0,
                          "spec_draft_sampling": "greedy" if f.greedy else "probabilistic",
-                         "spec_draft_ngl": ngl, "cache_type_k_draft": cache, "cache_type_v_draft": cache})
-    settings.update({"ctx_size": total_ctx, "parallel": f.batch, "n_gpu_layers": ngl, "cache_type_k": cache,
-                     "cache_type_v": cache, "batch_size": f.batch * f.chunk, "ubatch_size": f.batch * f.chunk,
+                         "spec_draft_ngl": ngl, "cache_type_k_draft": cache_k, "cache_type_v_draft": cache_v})
+    settings.update({"ctx_size": total_ctx, "parallel": f.batch, "n_gpu_layers": ngl, "cache_type_k": cache_k,
+                     "cache_type_v": cache_v, "batch_size": f.batch * f.chunk, "ubatch_size": f.batch * f.chunk,
                      "fit": "off", "n_predict": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature,
                      "seed": f.seed})
+    if flash:
+        settings["flash_attn"] = "on"
     backend = "ROCm" if f.kind == "rocm" else "CUDA"
     if f.num_devices > 1:  # one device holds every layer: no split to give
         settings["split_mode"] = "layer"
@@ -76,13 +94,15 @@ def _llamacpp(f: _Facts) -> ExportResult:
         flags += [("--spec-type", "draft-simple"), ("-md", d_file.word), ("--spec-draft-n-max", f.k),
                   ("--spec-draft-n-min", f.k), ("--spec-draft-p-min", 0.0),
                   ("--spec-draft-sampling", settings["spec_draft_sampling"]), ("-ngld", ngl),
-                  ("-ctkd", cache), ("-ctvd", cache)]
+                  ("-ctkd", cache_k), ("-ctvd", cache_v)]
         if "spec_draft_device" in settings:
             flags.append(("-devd", settings["spec_draft_device"]))
-    flags += [("-c", total_ctx), ("-np", f.batch), ("-ngl", ngl), ("-ctk", cache), ("-ctv", cache),
+    flags += [("-c", total_ctx), ("-np", f.batch), ("-ngl", ngl), ("-ctk", cache_k), ("-ctv", cache_v),
               ("-b", f.batch * f.chunk), ("-ub", f.batch * f.chunk)]
     if "tensor_split" in settings:
         flags += [("-sm", "layer"), ("-ts", settings["tensor_split"])]
+    if flash:
+        flags.append(("-fa", "on"))
     flags += [("--fit", "off"), ("-n", f.max_new_tokens), ("--temp", settings["temperature"]), ("-s", f.seed)]
     steps = t_file.steps + (d_file.steps if d_file else [])
     command = "\n".join(steps + ["llama-server \\\n  " + _flags(flags)])

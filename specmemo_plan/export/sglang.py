@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction,
-                    preamble)
+                    one_kv_type, preamble)
 
 # SGLang 0.5.10. STANDALONE speculative decoding (a small draft LLM) and the server arguments:
 #   https://docs.sglang.io/advanced_features/speculative_decoding.html (Standalone Speculative Decoding)
@@ -18,8 +18,10 @@ SGLANG_DOCS = (
 def _sglang(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     _needs_gpu(f, "SGLang", unsupported)
-    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8_e4m3"}.get(f.kv_dtype)
-    if f.kv_dtype == "int8":
+    kv_name = one_kv_type(f, "SGLang", unsupported)
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
+          "fp8_e5m2": "fp8_e5m2"}.get(kv_name)
+    if kv_name == "int8":
         unsupported.append("int8 KV cache: not among SGLang's --kv-cache-dtype choices (auto, fp8_e5m2, fp8_e4m3, "
                            "bf16, fp4_e2m1); 'auto' keeps the model dtype")
         kv = "auto"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from .facts import TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction, preamble, word
+from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction, one_kv_type,
+                    preamble, word)
 
 # TensorRT-LLM 1.3 (PyTorch backend, LLM API): DraftTargetDecodingConfig(decoding_type "Draft_Target",
 # max_draft_len, speculative_model), KvCacheConfig.free_gpu_memory_fraction; trtllm-serve options:
@@ -22,8 +23,12 @@ def _trtllm(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     if f.kind != "cuda":
         unsupported.append(f"device: TensorRT-LLM runs on NVIDIA GPUs only; this plan is for a {f.kind} device")
-    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}.get(f.kv_dtype)
-    if f.kv_dtype == "int8":
+    kv_name = one_kv_type(f, "TensorRT-LLM", unsupported)
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}.get(kv_name)
+    if kv_name == "fp8_e5m2":
+        unsupported.append("fp8_e5m2 KV cache: TensorRT-LLM's fp8 cache is e4m3; exported as fp8")
+        kv = "fp8"
+    if kv_name == "int8":
         unsupported.append("int8 KV cache: not documented for the PyTorch backend's KvCacheConfig.dtype; 'auto' "
                            "keeps the model dtype")
         kv = "auto"

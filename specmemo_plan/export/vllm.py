@@ -7,7 +7,7 @@ import json
 import shlex
 
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, Raw, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization,
-                    preamble, word)
+                    one_kv_type, preamble, word)
 
 # vLLM 0.25.0. Draft models through --speculative-config with method "draft_model":
 #   https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/
@@ -25,12 +25,14 @@ def _vllm(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     _needs_gpu(f, "vLLM", unsupported)
     spec = {"method": "draft_model", "model": f.draft, "num_speculative_tokens": f.k} if f.draft else None
-    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}.get(f.kv_dtype)
-    if f.kv_dtype == "int8":
+    kv_name = one_kv_type(f, "vLLM", unsupported)
+    kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8", "fp8_e4m3": "fp8_e4m3",
+          "fp8_e5m2": "fp8_e5m2"}.get(kv_name)
+    if kv_name == "int8":
         unsupported.append("int8 KV cache: not among vLLM's --kv-cache-dtype choices (auto, fp8, fp8_e4m3, fp8_e5m2); "
                            "'auto' keeps the model dtype and needs about twice the plan's KV bytes")
         kv = "auto"
-    if f.kv_dtype == "fp32" and f.weight_dtype != "fp32":
+    if kv_name == "fp32" and f.weight_dtype != "fp32":
         unsupported.append("fp32 KV cache with 16-bit weights: vLLM's KV follows the model dtype")
     dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
     _float_dtype_note(f, "vLLM", unsupported)
