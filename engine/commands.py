@@ -12,7 +12,8 @@ from dataclasses import asdict
 
 import click
 
-from specmemo_plan.cli.options import apply, budget_option, emit, json_option, model_files, positive, user_errors
+from specmemo_plan.cli.options import (SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option, model_files,
+                                      positive, user_errors)
 from specmemo_plan.render.workflow import fit_rows, render_tune
 
 DEMO_TARGET = "bundled:smollm2-135m-instruct"
@@ -26,11 +27,12 @@ MEASURED_OPTIONS = [
     click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
                  help="Weights and compute (fp32 is the fast path on most CPUs for small batches)."),
     click.option("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: cuda if present)."),
-    click.option("--acceptance", "-a", type=click.FloatRange(0, 1), default=None,
+    click.option("--acceptance", "-a", type=SHARE, default=None,
                  help="Use this per-token acceptance instead of measuring it."),
     click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=16, show_default=True,
                  help="Calibration prompts for the acceptance measurement."),
-    click.option("--k-max", type=click.IntRange(1, 16), default=8, show_default=True),
+    click.option("--k-max", type=click.IntRange(1, 16), default=8, show_default=True,
+                 help="Longest draft length whose acceptance is measured (the histogram's length - 1)."),
     click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True, help="Timed runs per point (median)."),
 ]
 
@@ -56,8 +58,8 @@ def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repea
 
 
 @click.command()
-@click.option("--target", "-t", required=True)
-@click.option("--draft", "-d", default=None)
+@click.option("--target", "-t", required=True, help="Target model: a preset, bundled:NAME, a folder or a .gguf.")
+@click.option("--draft", "-d", default=None, help="Draft model (none: only plain decoding is profiled).")
 @measured_options
 @click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive, help="Longest context to profile.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=8, show_default=True,
@@ -78,18 +80,21 @@ def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeat
 @click.command()
 @click.option("--measured", "measured_path", type=click.Path(dir_okay=False), default=None,
               help="A measured profile from `profile` (else profile now, with --target/--draft).")
-@click.option("--target", "-t", default=None)
-@click.option("--draft", "-d", default=None)
+@click.option("--target", "-t", default=None,
+              help="Target to profile and plan (with --measured: must match the profile's).")
+@click.option("--draft", "-d", default=None, help="Draft model (with --measured: must match the profile's).")
 @measured_options
 @budget_option(required=False)
-@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive)
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive)
+@click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive,
+              help="Tokens per sequence the plan holds: prompt + new tokens.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive,
+              help="New tokens per request written into the plan.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Largest batch to search (at most the largest the profile measured).")
-@click.option("--retain", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--retain", type=SHARE_ABOVE_ZERO, default=None,
               help="Smallest memory keeping this share of the best throughput (e.g. 0.96).")
 @click.option("--verify", is_flag=True, help="Run the engine on the plan; write measured beside predicted.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
 @json_option
 @user_errors
 def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
@@ -159,12 +164,14 @@ def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
 
 
 @click.command()
-@click.option("--target", "-t", default=DEMO_TARGET, show_default=True)
-@click.option("--draft", "-d", default=DEMO_DRAFT, show_default=True)
+@click.option("--target", "-t", default=DEMO_TARGET, show_default=True, help="Target model.")
+@click.option("--draft", "-d", default=DEMO_DRAFT, show_default=True, help="Draft model.")
 @budget_option(required=False, default="2GiB", help_text="Memory budget for the plan.")
-@click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive)
-@click.option("--output", "-o", default="plan.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--device", default=None)
+@click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive,
+              help="Tokens per sequence the plan holds.")
+@click.option("--output", "-o", default="plan.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Plan file to write.")
+@click.option("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: cuda if present).")
 @click.option("--prompts", "num_prompts", type=click.IntRange(1, 96), default=8, show_default=True,
               help="Calibration prompts for the acceptance measurement.")
 @click.option("--verify-prompts", type=click.IntRange(1, 96), default=4, show_default=True,

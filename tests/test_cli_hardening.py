@@ -135,15 +135,14 @@ def test_bad_budgets_are_refused(budget):
 
 
 def test_every_float_option_refuses_nan():
-    """The planner's float options all go through options.FiniteFloat."""
+    """Every command's float options (the engine's profile/tune/demo too) go through options.FiniteFloat."""
     from specmemo_plan.cli.options import FiniteFloat
 
     ctx = click.Context(cli)
-    for name, target in COMMANDS.items():
-        if target.startswith("specmemo_plan"):
-            for p in cli.get_command(ctx, name).params:
-                if isinstance(p.type, (click.types.FloatParamType, click.FloatRange)):
-                    assert isinstance(p.type, FiniteFloat), (name, p.opts)
+    for name in COMMANDS:
+        for p in cli.get_command(ctx, name).params:
+            if isinstance(p.type, (click.types.FloatParamType, click.FloatRange)):
+                assert isinstance(p.type, FiniteFloat), (name, p.opts)
 
 
 # ----------------------------------------------------------------------------- measured profiles
@@ -275,9 +274,9 @@ def test_presets_list_the_bundled_models():
     assert rows["llama-68m"]["weights"] == "none (random)"
 
 
-def test_every_planner_option_has_help():
+def test_every_option_has_help():
     ctx = click.Context(cli)
-    missing = [(name, p.opts[0]) for name, target in COMMANDS.items() if target.startswith("specmemo_plan")
+    missing = [(name, p.opts[0]) for name in COMMANDS
                for p in cli.get_command(ctx, name).params if isinstance(p, click.Option) and not p.help]
     assert missing == []
 
