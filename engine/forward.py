@@ -6,7 +6,8 @@ We run the decoder body (`model.model`) ourselves instead of `model(...)`:
   is), one per mask group of the cache (engine/cache.py): full layers see slot s from the query at
   position q iff s <= q; window layers see the position p a slot holds iff q - W < p <= q. A model
   with both kinds (Gemma-3, GPT-OSS, ...) gets them as {layer type: mask}, the mapping its body
-  takes in place of one mask;
+  takes in place of one mask. Eager attention (Gemma-2's softcaps, GPT-OSS's sinks) adds its mask
+  to the scores: it gets them as 0 / the dtype's lowest;
 - the last hidden states go through the output layer only at the positions we need, straight into
   a preallocated buffer, so no [B, n, V] logits tensor exists for a prompt.
 """

@@ -245,7 +245,8 @@ class Engine:
         """No draft (k = 0): one target forward per token, the plain-decoding baseline."""
         t0 = time.perf_counter()
         last = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
-        hidden = self.target.forward(last, [n - 1 for n in lens], self.buffers.verify_mask)
+        hidden = self.target.forward(last, [n - 1 for n in lens], self.buffers.verify_mask,
+                                     window_mask=self.buffers.tensors.get("verify_mask_sliding"))
         logits = self.buffers.target_logits[: len(rows), 0]
         self.target.logits(hidden[:, -1], out=logits)
         tokens = self.sampler.pick(logits).tolist()
@@ -258,14 +259,17 @@ class Engine:
         B, V = len(rows), self.target_cache.shape.vocab_size
         scratch = self.buffers.target_logits.view(-1, V)[:B]  # B rows of the verify logits buffer
         seqs = [r.tokens for r in rows]
-        t_starts = [min(s, len(seq) - 1) for s, seq in zip(t_starts, seqs)]
+        # a window layer's ring may no longer hold the window before a reused prefix: prefill that row again
+        t_starts[:] = [self.target_cache.reusable_start(b, min(s, len(seq) - 1))
+                       for b, (s, seq) in enumerate(zip(t_starts, seqs))]
         self._prefill_model(self.target, seqs, t_starts, scratch)
         for row, start in zip(rows, t_starts):
             row.target_valid = len(row.tokens)
         if self.draft is not None:
             # the draft prefills the whole prompt, so the first step's catch-up is the first new token only
             d_seqs = seqs
-            d_starts = [min(s, len(seq)) for s, seq in zip(d_starts, d_seqs)]
+            d_starts[:] = [self.draft_cache.reusable_start(b, min(s, len(seq)))
+                           for b, (s, seq) in enumerate(zip(d_starts, d_seqs))]
             if any(s < len(seq) for s, seq in zip(d_starts, d_seqs)):
                 self._prefill_model(self.draft, d_seqs, d_starts, None)
             for row in rows:
@@ -283,7 +287,8 @@ class Engine:
             ids = [[seq[min(p + j, len(seq) - 1)] if seq else 0 for j in range(n)] for seq, p in zip(seqs, pos)]
             read = max(pos) + n
             mask = torch.empty((len(seqs), 1, n, read), dtype=torch.bool, device=self.device)
-            hidden = dec.forward(torch.tensor(ids, device=self.device), pos, mask)
+            real = [max(0, min(n, len(seq) - p)) for seq, p in zip(seqs, pos)]  # padding is not stored in rings
+            hidden = dec.forward(torch.tensor(ids, device=self.device), pos, mask, real=real)
             if logits_out is None:
                 continue
             for b, (seq, p) in enumerate(zip(seqs, pos)):
