@@ -25,6 +25,7 @@ from .placement import check_devices
 STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
+ENGINE_DRAFT_METHODS = ("draft-model", "none")  # specmemo_plan/drafting/methods.py names the others
 # The bundled profile every CPU matches (hardware/matching.py): a plan made `--profile cpu` names no machine,
 # so its identity cannot be checked, only its memory.
 GENERIC_CPU_PROFILE = "cpu"
@@ -37,6 +38,13 @@ def refuse(field_name: str, why: str, hint: str) -> SpecMemoError:
 def check_supported(plan: Plan) -> None:
     """Formats and layouts this engine cannot run, refused before anything loads."""
     knobs = plan.knobs
+    method = knobs.method(plan.draft is not None)
+    if method not in ENGINE_DRAFT_METHODS:
+        raise refuse("knobs.draft_method", f"the engine runs draft-model chains and plain decoding, not {method}",
+                     "export the plan to an engine that runs it (specmemo-plan export), or plan a draft model")
+    if not knobs.tree.is_chain:
+        raise refuse("knobs.tree_topk", f"the engine verifies chains, not token trees (top-k {knobs.tree.topk})",
+                     "plan a chain (drop --tree-topk)")
     if knobs.weight_dtype not in ENGINE_WEIGHT_DTYPES:
         raise refuse("knobs.weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.weight_dtype}",
                      "plan with --dtype fp16, or export the plan to an engine that runs quantised weights")

@@ -96,8 +96,18 @@ def activation_bytes(target: ModelShape, draft: ModelShape | None, knobs: Knobs)
     """The largest forward the plan allows: a prefill chunk or the verify pass (target),
     a prefill chunk or a draft step (draft). One forward runs at a time, so take the max."""
     candidates = [target_activation_bytes(target, knobs)]
-    if draft is not None and knobs.draft_length > 0:
+    if draft is not None and knobs.draft_length > 0 and not draft.cache_layers:
+        candidates.append(medusa_activation_bytes(draft, knobs))
+    elif draft is not None and knobs.draft_length > 0:
         d_dtype = compute_dtype(knobs.draft_dtype)
         candidates.append(forward_activation_bytes(draft, knobs.batch_size, knobs.chunk, knobs.max_context,
                                                    knobs.draft_length, d_dtype))
     return max(candidates)
+
+
+def medusa_activation_bytes(draft: ModelShape, knobs: Knobs) -> int:
+    """Medusa's heads (no cache layers) run on one hidden state per sequence: each head's ResBlock output
+    and logits, B * heads * (H + V) elements in the draft's compute dtype (the heads run one after another
+    in vLLM's medusa.py; this keeps all of them, an upper bound)."""
+    heads = len(draft.layer_params)
+    return knobs.batch_size * heads * (draft.hidden_size + draft.vocab_size) * dtype_bytes(compute_dtype(knobs.draft_dtype))

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 from .errors import SpecMemoError
-from .memory import Knobs, MemoryBreakdown, breakdown
+from .memory import Knobs, MemoryBreakdown, breakdown, plain_knobs
 from .models import ModelShape
 from .throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, SpeedPrediction, predict_speed
 
@@ -257,10 +257,8 @@ def search(
         d = draft if k > 0 else None
         for chunk in chunk_values:
             for batch in _batches(max_batch):
-                knobs = replace(
-                    base, draft_length=k, batch_size=batch, prefill_chunk=chunk,
-                    draft_weight_dtype=base.draft_weight_dtype if d else None,
-                )
+                knobs = replace(base if d else plain_knobs(base), draft_length=k, batch_size=batch,
+                                prefill_chunk=chunk)
                 memory = breakdown(target, d, knobs, device_overhead_bytes)
                 evaluated += 1
                 if memory.total_bytes > budget_bytes:

@@ -32,6 +32,7 @@ class MinBudget:
     speed: SpeedPrediction  # predicted at that k
     split: DeviceSplit  # the plan placed at that budget (one device: everything on device 0)
     plain_total_bytes: int  # plain decoding with the same batch and context, all devices together
+    tree: object = None  # drafting.trees.TreeShape at that budget (a chain: depth k, top-k 1)
 
     @property
     def memory(self) -> MemoryBreakdown:
@@ -75,18 +76,17 @@ def min_budget(
     """
     if retain is not None and not 0 < retain <= 1:
         raise SpecMemoError(f"retain must be within (0, 1], got {retain}")
-    draft_lengths = tuple(range(1, k_max + 1)) if draft_lengths is None else tuple(draft_lengths)
-    if not draft_lengths or min(draft_lengths) < 1:
-        raise SpecMemoError(f"min_budget needs draft lengths of at least 1, got {draft_lengths}",
-                            "give -k 1 or more (k = 0 is plain decoding)")
+    shapes = search_shapes(target, draft, knobs, k_max, draft_lengths)
     options = []
-    for k in draft_lengths:
-        kk = replace(knobs, draft_length=k)
+    for tree in shapes:
+        k = tree.tokens
+        kk = replace(knobs, draft_length=k, tree_depth=None if tree.is_chain else tree.depth,
+                     tree_topk=None if tree.is_chain else tree.topk)
         need = need_per_device(target, draft, kk, devices, device_overhead_bytes)
         split = split_layers(target, draft, kk, [need] * devices, device_overhead_bytes, policy)
         speed = predict_speed(target, draft, kk, latency, split=split, interconnect_gbps=interconnect_gbps,
                               **speed_kwargs)
-        options.append((need, k, split, speed))
+        options.append((need, k, split, speed, tree))
     best_speed = max(o[3].tokens_per_s for o in options)
     paying = [o for o in options if o[3].speedup > 1.0 and (retain is None or o[3].tokens_per_s >= retain * best_speed)]
     if not paying:
@@ -98,8 +98,31 @@ def min_budget(
         if len(options) == 1 and k_max > 1:
             hint += "; omit -k to search every k"
         raise SpecMemoError(f"speculative decoding does not pay here: {which}", hint)
-    need, k, split, speed = min(paying, key=lambda o: (o[0], o[1]))
-    return MinBudget(need, k, speed, split, _plain_total(target, knobs, devices, device_overhead_bytes, policy))
+    need, k, split, speed, tree = min(paying, key=lambda o: (o[0], o[1]))
+    return MinBudget(need, k, speed, split, _plain_total(target, knobs, devices, device_overhead_bytes, policy), tree)
+
+
+def search_shapes(target, draft, knobs, k_max: int, draft_lengths: Sequence[int] | None = None) -> list:
+    """The (depth, top-k, T) shapes min_budget tries: the given draft lengths as chains (-k: that k alone,
+    or that T with the knobs' tree); else chains of 1..k_max and, where the method drafts trees, the tree
+    grid of drafting.trees.search_shapes (Medusa: depth at most its number of heads)."""
+    from .drafting import trees
+    from .drafting.methods import get_method
+
+    method = knobs.method(draft is not None)
+    if draft_lengths is not None:
+        draft_lengths = tuple(draft_lengths)
+        if not draft_lengths or min(draft_lengths) < 1:
+            raise SpecMemoError(f"min_budget needs draft lengths of at least 1, got {draft_lengths}",
+                                "give -k 1 or more (k = 0 is plain decoding)")
+        if knobs.tree_topk not in (None, 1) or knobs.tree_depth is not None:
+            return [trees.TreeShape(knobs.tree_depth or k, knobs.tree_topk or 1, k) for k in draft_lengths]
+        return [trees.TreeShape(k, 1, k) for k in draft_lengths]
+    max_depth = trees.MAX_TREE_DEPTH
+    if method == "medusa":
+        heads = len(draft.layer_params)
+        max_depth, k_max = min(max_depth, heads), min(k_max, heads)
+    return trees.search_shapes(get_method(method).trees, k_max, max_depth)
 
 
 def _plain_total(target, knobs, devices, overhead, policy) -> int:
@@ -134,7 +157,7 @@ def largest(knob: str, target, draft, knobs, budget_bytes: int, overhead: int = 
     """Largest batch_size, max_context or draft_length (the others fixed) that fits `devices` x budget."""
     if knob not in KNOB_LIMITS:
         raise SpecMemoError(f"unknown knob {knob!r}", "one of: " + ", ".join(KNOB_LIMITS))
-    if knob == "draft_length" and draft is None:
+    if knob == "draft_length" and knobs.method(draft is not None) in ("none", "draft-model") and draft is None:
         return None
     budgets = [budget_bytes] * devices
     return _largest(lambda v: fits(target, draft, replace(knobs, **{knob: v}), budgets, overhead), 1,
@@ -159,3 +182,14 @@ def check_weights_fit(target, draft, knobs, budget_bytes: int, device_overhead_b
             "device's runtime overhead",
             "raise --budget or --devices, or use a smaller --dtype (int8, int4)",
         )
+
+
+def largest_tree_tokens(target, draft, knobs, budget_bytes: int, overhead: int = 0, devices: int = 1) -> int | None:
+    """Largest T the knobs' tree (its depth and top-k fixed) verifies within the budget: from its depth up
+    to min(tree capacity, drafting.trees.MAX_TREE_TOKENS); memory grows with T, so bisect."""
+    from .drafting.trees import MAX_TREE_TOKENS, tree_capacity
+
+    tree = knobs.tree
+    high = min(tree_capacity(tree.depth, tree.topk), MAX_TREE_TOKENS)
+    budgets = [budget_bytes] * devices
+    return _largest(lambda t: fits(target, draft, replace(knobs, draft_length=t), budgets, overhead), tree.depth, high)

@@ -74,6 +74,11 @@ class Knobs:
     draft_weight_dtype: str | None = None  # None: same as the target
     kv_dtype: str | None = None  # None: the compute dtype
     prefill_chunk: int | None = None  # prompt tokens per prefill forward; None: min(C, 512)
+    # drafting/methods.py; None: draft-model with a draft, none without (plans made before the knob)
+    draft_method: str | None = None
+    tree_depth: int | None = None  # draft steps of a token tree; None: a chain (depth = draft_length)
+    tree_topk: int | None = None  # children per node; None: 1 (a chain)
+    head_embedding: str | None = None  # a head's embedding (and MTP's head): shared | copied; None: shared
 
     @property
     def draft_dtype(self) -> str:
@@ -82,6 +87,22 @@ class Knobs:
     @property
     def cache_dtype(self) -> str:
         return self.kv_dtype or compute_dtype(self.weight_dtype)
+
+    @property
+    def tree(self):
+        """The token tree verified per step (drafting.trees.TreeShape); a chain of k: depth k, top-k 1."""
+        from .drafting.trees import TreeShape
+
+        return TreeShape(self.tree_depth or self.draft_length, self.tree_topk or 1, self.draft_length)
+
+    @property
+    def embedding_policy(self) -> str:
+        return self.head_embedding or "shared"
+
+    def method(self, has_draft: bool) -> str:
+        from .drafting.methods import effective_method
+
+        return effective_method(self.draft_method, has_draft)
 
     @property
     def chunk(self) -> int:
@@ -94,10 +115,7 @@ class Knobs:
                 raise SpecMemoError(f"{name} must be a positive integer, got {value!r}")
         if self.draft_length < 0:
             raise SpecMemoError(f"draft_length must be >= 0, got {self.draft_length}")
-        if has_draft and self.draft_length == 0:
-            raise SpecMemoError("draft_length is 0 but a draft model is given", "use --draft-length >= 1, or drop --draft")
-        if not has_draft and self.draft_length:
-            raise SpecMemoError(f"draft_length {self.draft_length} needs a draft model", "add --draft")
+        self._validate_method(has_draft)
         if self.prefill_chunk is not None and self.prefill_chunk <= 0:
             raise SpecMemoError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
         for name, value, allowed in (
@@ -111,6 +129,12 @@ class Knobs:
         except SpecMemoError as exc:
             raise SpecMemoError(f"kv_dtype {self.cache_dtype!r}: {exc.message}", exc.hint) from None
         return self
+
+    def _validate_method(self, has_draft: bool) -> None:
+        """The method's draft and k rules, and a tree only where the method drafts trees."""
+        from .drafting.methods import validate_knobs
+
+        validate_knobs(self, has_draft)
 
 
 @dataclass(frozen=True)
@@ -169,8 +193,19 @@ def weight_bytes(model: ModelShape | None, dtype: str) -> int:
     if dtype == STORED:
         return stored_weights(model).total_bytes
     if dtype in FLOAT_DTYPES:
-        return model.num_params * dtype_bytes(dtype)
-    return quantised_bytes(model.matrices, dtype) + (model.num_params - matrix_params(model.matrices)) * dtype_bytes("fp16")
+        return model.num_params * dtype_bytes(dtype) + fp32_kept_bytes(model, dtype)
+    return fp32_kept_bytes(model, "fp16") + quantised_bytes(model.matrices, dtype) + (model.num_params - matrix_params(model.matrices)) * dtype_bytes("fp16")
+
+
+def fp32_kept_bytes(model: ModelShape, dtype: str) -> int:
+    """What the parameters transformers keeps in float32 add over `dtype` (modeling_utils 5.24: the
+    `_keep_in_fp32_modules_strict` ones in fp16 and bf16, e.g. DeepSeek's router `gate.weight`; the
+    `_keep_in_fp32_modules` ones in fp16 only, e.g. GPT-OSS's norms). Quantised formats keep their
+    16-bit parts in fp16, so they count as fp16 here."""
+    if dtype not in ("fp16", "bf16"):
+        return 0
+    kept = model.fp32_params_16bit + (model.fp32_params_fp16 if dtype == "fp16" else 0)
+    return kept * (4 - dtype_bytes(dtype))
 
 
 def stored_weights(model: ModelShape):
@@ -294,6 +329,11 @@ def candidate_buffer_specs(
       those layers' ring buffers.
     - lengths [B] int64: committed tokens per sequence (sequences accept different counts).
     """
+    method = knobs.method(draft is not None)
+    if method not in ("draft-model", "none"):
+        from .drafting.buffers import method_buffer_specs
+
+        return method_buffer_specs(target, draft, knobs, method)
     B, k, V = knobs.batch_size, knobs.draft_length, target.vocab_size
     target_slots = kv_slots(target, knobs.max_context, k)
     specs = [
@@ -348,7 +388,8 @@ def breakdown(
 
 def plain_knobs(knobs: Knobs) -> Knobs:
     """The same knobs without speculation: the plain-decoding baseline (no draft, k = 0)."""
-    return replace(knobs, draft_length=0, draft_weight_dtype=None)
+    return replace(knobs, draft_length=0, draft_weight_dtype=None, draft_method=None, tree_depth=None, tree_topk=None,
+                   head_embedding=None)
 
 
 def __getattr__(name: str):

@@ -71,6 +71,8 @@ class ModelShape:
     modules: ModuleLayout | None = None  # module names and buffers for layer-wise placement (placement/layout.py)
     bos_token_id: int | None = None  # the config's, for the pair check (pairs.py)
     eos_token_ids: tuple[int, ...] = ()
+    fp32_params_16bit: int = 0  # kept in float32 by transformers when loaded in fp16 or bf16 (routers)
+    fp32_params_fp16: int = 0  # kept in float32 when loaded in fp16 only (GPT-OSS's norms)
     stored: StoredWeights | None = None  # the checkpoint's own headers: its weights as stored (`--dtype stored`)
 
     @property
@@ -135,6 +137,7 @@ def shape_from_config(cfg: dict, name: str, source: str, has_real_weights: bool 
         layer_params=arch.layer_params, fingerprint=fingerprint(arch), has_real_weights=has_real_weights,
         experts=arch.experts, mtp_layers=arch.mtp_layers, latent=arch.latent, weight_source=arch.weight_source,
         quant_method=arch.quant_method, notes=arch.notes, modules=arch.modules, bos_token_id=bos, eos_token_ids=eos,
+        fp32_params_16bit=arch.fp32_params_16bit, fp32_params_fp16=arch.fp32_params_fp16,
     )
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .drafting.heads import head_shape
+from .drafting.methods import HEAD_METHODS
 from .errors import SpecMemoError
 from .memory import COMPONENTS
 from .models import ModelShape, check_pair, load_shape
@@ -51,13 +53,20 @@ def validate(plan: Plan, target: ModelShape | None = None, draft: ModelShape | N
     """Recompute the plan's prediction from its knobs and refuse it, naming the first field, where they differ.
     `target` / `draft`: shapes of models already in hand (else read from the plan's references, no weights)."""
     target = _shape("target", plan.target.ref, target)
+    method = plan.knobs.method(plan.draft is not None)
+    if plan.draft is not None and draft is None and method in HEAD_METHODS:
+        try:  # a head is rebuilt from its config by its layout, as the plan was made
+            draft = head_shape(method, plan.draft.ref, target, plan.knobs.embedding_policy)
+        except SpecMemoError as exc:
+            raise SpecMemoError(f"draft.ref: {exc.message}", exc.hint) from None
     draft = _shape("draft", plan.draft.ref, draft) if plan.draft is not None else None
     for role, ref, shape, dtype in (("target", plan.target, target, plan.knobs.weight_dtype),
                                     ("draft", plan.draft, draft, plan.knobs.draft_dtype)):
         if ref is not None:
             _check_model(role, ref, shape, dtype)
     try:
-        check_pair(target, draft)
+        if method == "draft-model":
+            check_pair(target, draft)
     except SpecMemoError as exc:
         raise SpecMemoError(f"draft.ref: {exc.message}", exc.hint) from None
     _check_ranges(plan, target)

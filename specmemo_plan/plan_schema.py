@@ -15,6 +15,7 @@ import json
 import math
 from typing import Any
 
+from .drafting.methods import DRAFT_METHODS
 from .errors import SpecMemoError
 from .memory import COMPONENTS, Knobs
 from .placement import POLICIES, DeviceShare, Placement
@@ -186,6 +187,11 @@ def _knobs(k: _Reader) -> Knobs:
         draft_weight_dtype=k.get("draft_weight_dtype", str, optional=True),
         kv_dtype=k.get("kv_dtype", str, optional=True),
         prefill_chunk=k.positive("prefill_chunk", optional=True),
+        # plans made before the draft method was a knob have none of these: a draft model's chain
+        draft_method=k.choice("draft_method", DRAFT_METHODS, optional=True),
+        tree_depth=k.positive("tree_depth", optional=True),
+        tree_topk=k.positive("tree_topk", optional=True),
+        head_embedding=k.choice("head_embedding", ("shared", "copied"), optional=True),
     )
 
 

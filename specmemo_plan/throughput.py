@@ -322,8 +322,12 @@ def predict_speed(
     dtype = knobs.weight_dtype
     plain_ms, decode, _ = target_forward_ms(latency, target, dtype, B, 1, ctx, split, interconnect_gbps)
     plain = B / plain_ms * 1e3
-    if draft is None or k == 0:
+    method = knobs.method(draft is not None)
+    if method == "none" or k == 0:
         return SpeedPrediction(plain, plain, 1.0, 1.0, 0.0, plain_ms, plain_ms, decode, decode)
+    if method != "draft-model":
+        return _predict_method(target, draft, knobs, latency, method, acceptance, histogram, draft_latency, ctx,
+                               new_tokens, split, interconnect_gbps, plain, plain_ms, decode)
     if histogram is not None:
         tokens = expected_tokens_from_histogram(histogram, k)
         acceptance = acceptance_rate(histogram)
@@ -335,6 +339,51 @@ def predict_speed(
     speed = B * tokens / step_ms * 1e3
     if new_tokens:
         speed *= batch_utilisation(tokens_per_step_distribution(k, acceptance, histogram), B, new_tokens)
+    return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms, verify, decode,
+                           hops, draft_ms)
+
+
+def draft_ms_per_step(latency: LatencyModel, target: ModelShape, draft: ModelShape | None, knobs: Knobs,
+                      method: str, context: int) -> float:
+    """Device time of drafting one step's tree (a chain: top-k 1):
+    - EAGLE-1/2, EAGLE-3: `depth` head forwards, the first over B x 1 token, each later over B x top-k
+      (the nodes expanded), each one decoder layer + its output layer over its vocabulary
+      (drafting.heads.read_shape: what a step reads, the target's lm_head for EAGLE-1/2);
+    - MTP: k forwards of the MTP layer(s) and the output head (vLLM reruns the layer for k > n_predict);
+    - Medusa: one forward of all heads on B x 1 hidden state (the heads run side by side);
+    - n-gram: 0 (a host matcher: no device time)."""
+    if method == "ngram":
+        return 0.0
+    from .drafting.heads import read_shape
+
+    shape = read_shape(draft, method, target, knobs.embedding_policy)
+    B, tree = knobs.batch_size, knobs.tree
+    if method == "medusa":
+        return latency.forward_ms(shape, knobs.draft_dtype, B, 1, context)
+    widths = [1] + [tree.topk] * (tree.depth - 1)
+    return sum(latency.forward_ms(shape, knobs.draft_dtype, B, w, context) for w in widths)
+
+
+def _predict_method(target, draft, knobs, latency, method, acceptance, histogram, draft_latency, ctx, new_tokens,
+                    split, interconnect_gbps, plain, plain_ms, decode) -> SpeedPrediction:
+    """predict_speed for the methods of drafting/: tokens per step from the tree model (drafting/trees.py),
+    step = draft_ms_per_step + a target forward of T + 1 tokens."""
+    from .drafting import trees
+
+    B, tree = knobs.batch_size, knobs.tree
+    if histogram is not None:
+        per_depth = trees.per_depth_from_histogram(histogram, tree.depth)
+        acceptance = acceptance_rate(histogram)
+    else:
+        per_depth = trees.per_depth_acceptance(acceptance, tree.depth)
+    tokens = trees.expected_tokens(tree, per_depth)
+    draft_ms = draft_ms_per_step(draft_latency or latency, target, draft, knobs, method, ctx)
+    verify_ms, verify, hops = target_forward_ms(latency, target, knobs.weight_dtype, B, tree.tokens + 1, ctx, split,
+                                                interconnect_gbps)
+    step_ms = draft_ms + verify_ms
+    speed = B * tokens / step_ms * 1e3
+    if new_tokens:
+        speed *= batch_utilisation(trees.tokens_distribution(tree, per_depth), B, new_tokens)
     return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms, verify, decode,
                            hops, draft_ms)
 

@@ -262,10 +262,9 @@ def test_batch_rows_far_apart(family_pair):
 
 # transformers keeps DeepSeek's router `gate.weight` in fp32 in a 16-bit model (_keep_in_fp32_modules_strict):
 # the planner's weights (its owner's) count it at 2 bytes until it counts those at 4.
-KEPT_FP32 = pytest.mark.xfail(strict=True, reason="planner: DeepSeek's router gate stays fp32 in bf16")
 
 
-@pytest.mark.parametrize("family_pair", ["gemma3_text", pytest.param("deepseek_v2", marks=KEPT_FP32)], indirect=True)
+@pytest.mark.parametrize("family_pair", ["gemma3_text", "deepseek_v2"], indirect=True)
 def test_bf16_static_bytes_equal_plan(family_pair):
     """Half-size weights, KV and logits: still the plan's bytes, and the rings run in the KV dtype."""
     target, draft, _ = family_pair
@@ -278,13 +277,9 @@ def test_bf16_static_bytes_equal_plan(family_pair):
     assert all(t.dtype == torch.bfloat16 for t in engine.target_cache.tensors())
 
 
-# transformers 5.24 saves Qwen3-MoE's expert count as `num_local_experts` (num_experts: null); the
-# planner (its owner's) reads `num_experts` and takes the default 128 experts.
-QWEN3_MOE_SAVED = pytest.mark.xfail(strict=True, reason="planner: num_local_experts of a 5.24-saved Qwen3-MoE config")
-
-
-@pytest.mark.parametrize("family_pair", [pytest.param(f, marks=QWEN3_MOE_SAVED) if f == "qwen3_moe" else f
-                                         for f in MORE_FAMILIES], indirect=True)
+# transformers 5.24 saves Qwen3-MoE's expert count as `num_local_experts` (num_experts: null): the
+# planner reads either.
+@pytest.mark.parametrize("family_pair", MORE_FAMILIES, indirect=True)
 def test_more_families(family_pair):
     """A batch of two, prefill chunks that wrap the rings, speculative and plain: transformers' tokens,
     the plan's bytes."""

@@ -120,6 +120,10 @@ class Architecture:
     weight_source: str = "config formula"
     quant_method: str | None = None  # quantization_config.quant_method of the file
     notes: tuple[str, ...] = field(default_factory=tuple)  # stated assumptions and defaults used
+    # parameters transformers keeps in float32 when the model loads in 16 bits (modeling_utils, 5.24):
+    # `_keep_in_fp32_modules_strict` in fp16 and bf16, `_keep_in_fp32_modules` in fp16 only
+    fp32_params_16bit: int = 0
+    fp32_params_fp16: int = 0
 
 
 def layer_range(first: int, last: int) -> tuple[int, ...]:

@@ -63,7 +63,8 @@ def core(cfg: Config, *, intermediate: bool = True, head_dim: int | None = None)
 
 def finish(cfg: Config, model_type: str, c: Core, layers: list[LayerSpec], outer_params: int, *,
            experts: Experts | None = None, mtp_layers: int = 0, latent=None,
-           modules: ModuleLayout | None = None, notes: tuple[str, ...] = ()) -> Architecture:
+           modules: ModuleLayout | None = None, notes: tuple[str, ...] = (), fp32_params_16bit: int = 0,
+           fp32_params_fp16: int = 0) -> Architecture:
     """The Architecture of a decoder: `outer_params` are the embeddings, final norm and untied head."""
     matrices, layer_params, cache = assemble_layers(layers)
     return Architecture(
@@ -72,7 +73,8 @@ def finish(cfg: Config, model_type: str, c: Core, layers: list[LayerSpec], outer
         max_position_embeddings=c.max_positions, tie_word_embeddings=c.tie,
         num_params=outer_params + sum(layer_params), cache_layers=cache, matrices=matrices,
         layer_params=layer_params, experts=experts, mtp_layers=mtp_layers, latent=latent, modules=modules,
-        notes=tuple(cfg.notes()) + tuple(notes),
+        notes=tuple(cfg.notes()) + tuple(notes), fp32_params_16bit=fp32_params_16bit,
+        fp32_params_fp16=fp32_params_fp16,
     )
 
 

@@ -13,6 +13,8 @@ Per layer (transformers' modeling files; H hidden, I inner width, d = H / heads)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import SpecMemoError
 from .base import Architecture, CacheLayer, LayerSpec, Module, ModuleLayout
 from .common import Core, Family, core, finish, head_params, model_modules, rotary_buffers
@@ -63,7 +65,9 @@ def build_bigcode(cfg: Config) -> Architecture:
 
 
 def build_neox(cfg: Config) -> Architecture:
-    c = core(cfg)
+    # GPT-NeoX has no grouped-query attention (one fused qkv of 3 x heads): a stray num_key_value_heads
+    # in a config changes nothing transformers builds
+    c = replace(core(cfg), kv_heads=cfg.int("num_attention_heads"))
     H, I, d = c.hidden, c.intermediate, c.head_dim
     q = c.heads * d
     bias = cfg.flag("attention_bias", True)

@@ -75,8 +75,9 @@ def build_mla(cfg: Config, model_type: str) -> Architecture:
     buffers = tuple(0 if v2 or i < first_dense else E for i in range(c.layers))
     modules = model_modules(c, "DeepseekV2DecoderLayer" if v2 else "DeepseekV3DecoderLayer",
                             rotary_dim=mla.qk_rope_head_dim, layer_buffers=buffers)
+    # `_keep_in_fp32_modules_strict = ["gate.weight", ...]`: each MoE layer's router stays float32 in 16 bits
     return finish(cfg, model_type, c, layers, outer, experts=experts, mtp_layers=mtp, latent=mla, modules=modules,
-                  notes=tuple(notes))
+                  notes=tuple(notes), fp32_params_16bit=moe_layers * E * H)
 
 
 _COMMON = dict(max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False, q_lora_rank=1536,

@@ -31,7 +31,8 @@ def build_moe(cfg: Config, model_type: str) -> Architecture:
     H, d = c.hidden, c.head_dim
     q, kv = c.heads * d, c.kv_heads * d
     if model_type == "qwen3_moe":
-        E, I_e = cfg.int("num_experts"), cfg.int("moe_intermediate_size")
+        # a config saved by transformers 5.24 states the count as num_local_experts (num_experts: null)
+        E, I_e = cfg.int("num_experts", "num_local_experts"), cfg.int("moe_intermediate_size")
         step = cfg.int("decoder_sparse_step")
         dense_only = set(cfg.index_list("mlp_only_layers", c.layers))
         moe = [i not in dense_only and (i + 1) % step == 0 for i in range(c.layers)]
@@ -67,7 +68,9 @@ def build_moe(cfg: Config, model_type: str) -> Architecture:
         raise SpecMemoError(f"{cfg.where}: num_experts_per_tok {top_k} exceeds the {E} experts")
     outer = c.vocab * H + H + head_params(c)
     modules = model_modules(c, LAYER_CLASSES[model_type])
-    return finish(cfg, model_type, c, layers, outer, experts=experts, modules=modules)
+    # GPT-OSS `_keep_in_fp32_modules = ["post_attention_layernorm", "input_layernorm", "norm"]`: in fp16 only
+    norms = (2 * c.layers + 1) * H if model_type == "gpt_oss" else 0
+    return finish(cfg, model_type, c, layers, outer, experts=experts, modules=modules, fp32_params_fp16=norms)
 
 
 LAYER_CLASSES = {"mixtral": "MixtralDecoderLayer", "qwen3_moe": "Qwen3MoeDecoderLayer", "gpt_oss": "GptOssDecoderLayer"}

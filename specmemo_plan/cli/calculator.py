@@ -14,9 +14,12 @@ import click
 from .. import budget as budget_mod
 from ..errors import SpecMemoError
 from ..files import check_output_path
-from ..memory import WEIGHT_DTYPES, Knobs, breakdown, kv_token_bytes
+from ..memory import WEIGHT_DTYPES, Knobs, breakdown, candidate_buffer_specs, kv_token_bytes
 from ..models import BUNDLED_MODELS, check_pair, list_presets, load_preset_config, load_shape
 from ..placement import DEFAULT_POLICY, POLICIES, split_layers
+from ..drafting.methods import get_method
+from ..drafting.resolve import check_method_limits, resolve_draft
+from .methods import compare_methods, method_specs, single_method
 from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
@@ -32,7 +35,17 @@ def model_options(func):
         click.option("--target", "-t", required=True, help="Preset name, bundled:NAME, config.json, model folder or .gguf."),
         click.option("--draft", "-d", default=None, help="Draft model, same forms as --target. Omit for plain decoding."),
         click.option("--draft-length", "-k", type=int, default=None,
-                     help="Draft tokens per step (default 4 with a draft; min-budget searches k when omitted)."),
+                     help="Draft tokens verified per step, T (default 4 with a draft; min-budget searches when omitted)."),
+        click.option("--draft-method", "draft_method", multiple=True, metavar="METHOD[=DRAFT]",
+                     help="draft-model, eagle, eagle3, medusa, mtp, ngram or none (default: from the --draft file). "
+                          "min-budget and fit take it repeated, METHOD=DRAFT each, or `all`, to compare methods."),
+        click.option("--tree-depth", type=int, default=None, callback=positive,
+                     help="Draft steps of a token tree (default: a chain, depth = -k)."),
+        click.option("--tree-topk", type=int, default=None, callback=positive,
+                     help="Children per tree node (eagle, eagle3, medusa, ngram; default 1: a chain)."),
+        click.option("--head-embedding", type=click.Choice(["shared", "copied"]), default=None,
+                     help="A head's embedding (MTP: and output head) shared with the target (vLLM, SGLang; "
+                          "default) or its own copy (EAGLE reference, DeepSeek-V3 checkpoint)."),
         click.option("--batch", "-b", type=int, default=1, show_default=True, callback=positive,
                      help="Sequences decoded together."),
         click.option("--context", "-c", type=int, default=4096, show_default=True, callback=positive,
@@ -70,6 +83,8 @@ class Setup:
     policy: str
     device: object | None  # hardware.LocalDevice: None when no device was named and N = 1
     overhead: int  # one device's runtime overhead
+    method: str = "none"  # the draft method (drafting/methods.py)
+    draft_ref: str | None = None  # the draft's reference as the plan stores it (MTP: the target's)
 
     @property
     def profile(self):
@@ -87,7 +102,15 @@ class Setup:
 
     def head(self) -> str:
         t, d, k = self.target, self.draft, self.knobs
-        text = f"{t.name} + {d.name} (k={k.draft_length})" if d else f"{t.name} (plain decoding)"
+        tree = k.tree
+        shape = f"k={k.draft_length}" if tree.is_chain else f"tree depth {tree.depth}, top-k {tree.topk}, T={tree.tokens}"
+        if self.method == "ngram":
+            text = f"{t.name} + n-gram drafting ({shape})"
+        elif d:
+            text = f"{t.name} + {d.name} ({self.method}, {shape})" if self.method != "draft-model" else \
+                f"{t.name} + {d.name} ({shape})"
+        else:
+            text = f"{t.name} (plain decoding)"
         text += f", batch {k.batch_size}, context {k.max_context}"
         if self.devices > 1:
             text += f", on {self.devices} x {self.device.spec.name} ({format_bytes(self.device.memory_bytes)} each)"
@@ -95,36 +118,43 @@ class Setup:
 
 
 def gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-           profile_name, num_devices=1, split_policy=DEFAULT_POLICY, need_device=False) -> Setup:
+           profile_name, num_devices=1, split_policy=DEFAULT_POLICY, need_device=False, draft_method=None,
+           tree_depth=None, tree_topk=None, head_embedding=None, target_shape=None) -> Setup:
     """Models, knobs and devices; a device is resolved when named, when N > 1, or when the command needs one."""
     from ..hardware import this_device
 
-    target_shape = load_shape(target)
-    draft_shape = load_shape(draft) if draft else None
-    pair_note = check_pair(target_shape, draft_shape)
+    target_shape = target_shape or load_shape(target)
+    method, draft_shape, draft_ref = resolve_draft(target, target_shape, draft, draft_method, head_embedding)
+    pair_note = check_pair(target_shape, draft_shape) if method == "draft-model" else None
     # assumptions behind the numbers (family defaults, padded vocabularies, header/formula gaps): on stderr,
     # so --json output stays one object
     for note in model_notes(target_shape, draft_shape, pair_note):
         click.echo(f"note: {note}", err=True)
     if draft_length is None:
-        draft_length = DEFAULT_DRAFT_LENGTH if draft_shape else 0
+        draft_length = 0 if method == "none" else target_shape.mtp_layers if method == "mtp" else DEFAULT_DRAFT_LENGTH
     knobs = Knobs(
         batch_size=batch, max_context=context, draft_length=draft_length, weight_dtype=dtype,
         draft_weight_dtype=draft_dtype, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
+        draft_method=method, tree_depth=tree_depth, tree_topk=tree_topk, head_embedding=head_embedding,
     ).validate(has_draft=draft_shape is not None)
+    check_method_limits(method, draft_shape, knobs, num_devices)
+    if method == "ngram":
+        from ..drafting.ngram import host_note
+
+        click.echo(f"note: {host_note(batch, context)}", err=True)
     if context > target_shape.max_position_embeddings:
         raise SpecMemoError(
             f"context {context} exceeds the target's {target_shape.max_position_embeddings} positions",
             f"use --context {target_shape.max_position_embeddings} or less",
         )
-    if draft_shape and context > draft_shape.max_position_embeddings:
+    if method == "draft-model" and context > draft_shape.max_position_embeddings:
         click.echo(f"note: the draft was trained for {draft_shape.max_position_embeddings} positions; "
                    "its acceptance may drop past them", err=True)
     device = None
     if profile_name or num_devices > 1 or need_device:
         device = this_device(profile_name=profile_name, count=num_devices)
     overhead = device.profile.runtime_overhead_bytes if device and device.profile else 0
-    return Setup(target_shape, draft_shape, knobs, num_devices, split_policy, device, overhead)
+    return Setup(target_shape, draft_shape, knobs, num_devices, split_policy, device, overhead, method, draft_ref)
 
 
 def model_notes(target, draft, pair_note: str | None = None) -> list[str]:
@@ -145,8 +175,15 @@ def model_facts(shape, dtype: str) -> dict:
     }
 
 
-def acceptance_given(acceptance: float | None) -> tuple[float, str]:
-    return (DEFAULT_ACCEPTANCE, "assumed") if acceptance is None else (acceptance, "given")
+def acceptance_given(acceptance: float | None, method: str = "draft-model") -> tuple[float, str]:
+    """The given acceptance, else the method's default (drafting/methods.py): 'assumed', or 'published'
+    where a measured figure stands behind it."""
+    if acceptance is not None:
+        return acceptance, "given"
+    if method in ("draft-model", "none"):
+        return DEFAULT_ACCEPTANCE, "assumed"
+    m = get_method(method)
+    return m.default_acceptance, "assumed" if m.acceptance_source.startswith("assumed") else "published"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -182,17 +219,21 @@ def _preset_row(name: str, shape, weights: str, source: str) -> dict:
 @click.command()
 @model_options
 @user_errors
-def estimate(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+def estimate(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
              num_devices, split_policy, as_json):
     """Memory needed, component by component (plain decoding without --draft)."""
+    method, draft = single_method(draft_method, draft)
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-               profile_name, num_devices, split_policy)
+               profile_name, num_devices, split_policy, False, method, tree_depth, tree_topk, head_embedding)
     single = breakdown(s.target, s.draft, s.knobs, s.overhead)
     budget = s.device.memory_bytes if s.device else single.total_bytes
     split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
     data = dict(split.total.as_dict(), knobs=s.knobs.__dict__, profile=s.profile.key if s.profile else None,
                 num_devices=s.devices, target=model_facts(s.target, s.knobs.weight_dtype),
-                draft=model_facts(s.draft, s.knobs.draft_dtype) if s.draft else None)
+                draft=model_facts(s.draft, s.knobs.draft_dtype) if s.draft else None,
+                draft_method=s.method, tree=s.knobs.tree.as_dict() if s.knobs.draft_length else None,
+                buffers=[dict(name=b.name, shape=list(b.shape), dtype=b.dtype, bytes=b.nbytes)
+                         for b in candidate_buffer_specs(s.target, s.draft, s.knobs)])
     if s.device is not None:
         data.update(device_memory_bytes=s.device.memory_bytes, fits=split.fits)
     if s.devices > 1:
@@ -207,21 +248,30 @@ def estimate(target, draft, draft_length, batch, context, dtype, draft_dtype, kv
 @click.option("--retain", type=SHARE_ABOVE_ZERO, default=None,
               help="Keep at least this share of the best SD throughput (e.g. 0.96) instead of any speedup.")
 @user_errors
-def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
+def min_budget_cmd(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
                    profile_name, num_devices, split_policy, as_json, acceptance, bandwidth_gbps, retain):
     """Smallest memory (per device) at which speculative decoding still beats plain decoding."""
-    if not draft:
+    specs = method_specs(draft_method, draft)
+    if len(specs) > 1 or draft_method == ("all",):
+        return compare_methods("min-budget", specs, target, draft_length, batch, context, dtype, draft_dtype,
+                               kv_dtype, prefill_chunk, profile_name, num_devices, split_policy, as_json,
+                               tree_depth, tree_topk, head_embedding, acceptance=acceptance,
+                               bandwidth_gbps=bandwidth_gbps, retain=retain)
+    (method, draft), = specs
+    if not draft and method in (None, "draft-model", "none"):
         raise click.UsageError("min-budget needs --draft: it is the budget under which SD still pays")
     fixed_k = draft_length is not None  # -k given: that k alone; else every k from 1 to MAX_DRAFT_LENGTH
-    s = gather(target, draft, draft_length if fixed_k else 1, batch, context, dtype, draft_dtype, kv_dtype,
-               prefill_chunk, profile_name, num_devices, split_policy)
-    acceptance, acceptance_source = acceptance_given(acceptance)
+    s = gather(target, draft, draft_length if fixed_k else (tree_depth or 1), batch, context, dtype, draft_dtype,
+               kv_dtype, prefill_chunk, profile_name, num_devices, split_policy, False, method,
+               tree_depth if fixed_k else None, tree_topk if fixed_k else None, head_embedding)
+    acceptance, acceptance_source = acceptance_given(acceptance, s.method)
     latency = s.latency(bandwidth_gbps)
     result = budget_mod.min_budget(s.target, s.draft, s.knobs, latency, retain=retain, device_overhead_bytes=s.overhead,
                                    devices=s.devices, interconnect_gbps=s.link_gbps, policy=s.policy,
                                    draft_lengths=(draft_length,) if fixed_k else None, acceptance=acceptance)
     speed = result.speed
-    k_source = "given with -k" if fixed_k else f"searched 1..{MAX_DRAFT_LENGTH}"
+    k_source = "given with -k" if fixed_k else f"searched 1..{MAX_DRAFT_LENGTH}" + (
+        " and trees" if get_method(s.method).trees else "")
     data = {
         "min_budget_bytes": result.total_bytes, "min_budget_bytes_per_device": result.total_bytes,
         "num_devices": s.devices, "draft_length": result.draft_length,
@@ -230,6 +280,7 @@ def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dty
         "plain_total_bytes": result.plain_total_bytes, "acceptance": acceptance, "acceptance_source": acceptance_source,
         "retain": retain, "latency_source": latency.source, "interconnect_gbps": s.link_gbps,
         "memory": result.memory.as_dict(), "split": result.split.as_dict(),
+        "draft_method": s.method, "tree": result.tree.as_dict(),
     }
     emit(data, as_json, lambda: render.min_budget(result, latency.source, acceptance, acceptance_source, s.devices,
                                                   k_source))
@@ -239,11 +290,17 @@ def min_budget_cmd(target, draft, draft_length, batch, context, dtype, draft_dty
 @model_options
 @budget_option(required=True)
 @user_errors
-def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+def fit(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
         num_devices, split_policy, as_json, budget):
     """What fits a budget (per device): the largest batch, context and draft length, each with the others fixed."""
+    specs = method_specs(draft_method, draft)
+    if len(specs) > 1 or draft_method == ("all",):
+        return compare_methods("fit", specs, target, draft_length, batch, context, dtype, draft_dtype, kv_dtype,
+                               prefill_chunk, profile_name, num_devices, split_policy, as_json, tree_depth,
+                               tree_topk, head_embedding, budget=budget)
+    (method, draft), = specs
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-               profile_name, num_devices, split_policy)
+               profile_name, num_devices, split_policy, False, method, tree_depth, tree_topk, head_embedding)
     budget_mod.check_weights_fit(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
     try:
         split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
@@ -252,6 +309,8 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
     fits = split is not None and split.fits
 
     def largest(knob):
+        if knob == "draft_length" and not s.knobs.tree.is_chain:
+            return budget_mod.largest_tree_tokens(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
         return budget_mod.largest(knob, s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
 
     data = {
@@ -262,12 +321,13 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
         "largest_context": largest("max_context"),
         "largest_draft_length": largest("draft_length"), "draft_length_limit": MAX_DRAFT_LENGTH,
         "model_max_context": budget_mod.knob_limit("max_context", s.target),
-        "split": split.as_dict() if split else None,
+        "split": split.as_dict() if split else None, "draft_method": s.method,
+        "tree": s.knobs.tree.as_dict() if s.knobs.draft_length else None,
     }
     if data["largest_batch"] == budget_mod.MAX_BATCH_SEARCH:
         data["notes"] = [f"the batch search stops at {budget_mod.MAX_BATCH_SEARCH} (budget.MAX_BATCH_SEARCH): a larger "
                          "batch may fit too; give --batch to check one"]
-    emit(data, as_json, lambda: render.fit(data, s.knobs, s.draft is not None, s.devices, MAX_DRAFT_LENGTH, split))
+    emit(data, as_json, lambda: render.fit(data, s.knobs, s.knobs.draft_length > 0, s.devices, MAX_DRAFT_LENGTH, split))
 
 
 @click.command()
@@ -283,24 +343,25 @@ def fit(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtyp
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Plan file to write (a symlink is written through; a device, a folder or an input is refused).")
 @user_errors
-def plan(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
+def plan(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
          num_devices, split_policy, as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling,
          temperature, seed, output):
     """Write a plan file from explicit knobs (no profiling; `tune` measures instead). --budget is per device."""
     from .. import plan as plan_mod
 
+    method, draft = single_method(draft_method, draft)
     check_output_path(output, inputs=model_files(target, draft))  # before any work, and never over a model's file
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-               profile_name, num_devices, split_policy, need_device=True)
+               profile_name, num_devices, split_policy, True, method, tree_depth, tree_topk, head_embedding)
     budget = budget or s.device.memory_bytes
     budget_mod.check_weights_fit(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
-    acceptance, acceptance_source = acceptance_given(acceptance)
+    acceptance, acceptance_source = acceptance_given(acceptance, s.method)
     latency = s.latency(bandwidth_gbps)
     split = split_layers(s.target, s.draft, s.knobs, [budget] * s.devices, s.overhead, s.policy)
     speed = predict_speed(s.target, s.draft, s.knobs, latency, acceptance=acceptance, split=split,
                           interconnect_gbps=s.link_gbps)
     p = plan_mod.make_plan(
-        target, s.target, draft, s.draft, s.knobs, s.device.spec, budget,
+        target, s.target, s.draft_ref, s.draft, s.knobs, s.device.spec, budget,
         generation=plan_mod.Generation(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, seed=seed),
         device_overhead_bytes=s.overhead, throughput=speed.plan_fields(latency.source, acceptance_source),
         provenance={"command": "specmemo-plan plan", "argv": sys.argv[1:], "method": "explicit knobs, predicted"},

@@ -20,6 +20,8 @@ that says which local file it is, so no export carries this machine's site-packa
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import math
 import os
 import shlex
@@ -30,6 +32,7 @@ from ..errors import SpecMemoError
 from ..kvtypes import parse_kv_dtypes
 from ..placement import DeviceShare, Placement
 from ..plan import Plan, validate
+from .methods import Drafting
 
 TORCH_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -131,7 +134,9 @@ def model_source(ref: str, role: str) -> ModelSource:
             return ModelSource(ref, role, "path", ref, "folder", None,
                                any((path / f).is_file() for f in TOKENIZER_FILES), path.name)
         return ModelSource(ref, role, "path", ref, "config", None, False, path.name)
-    return ModelSource(ref, role, "hub", load_preset_config(ref).get("_specmemo_source", ref), "hub", None, True)
+    heads = importlib.resources.files("specmemo_plan").joinpath("presets", "heads", f"{ref}.json")
+    config = json.loads(heads.read_text()) if heads.is_file() else load_preset_config(ref)  # a head preset first
+    return ModelSource(ref, role, "hub", config.get("_specmemo_source", ref), "hub", None, True)
 
 
 def model_id(ref: str) -> str:
@@ -234,6 +239,7 @@ class _Facts:
     seed: int
     max_new_tokens: int
     vocab_size: int  # the target's: token ids a prompt may use
+    drafting: Drafting | None = None  # the draft method and tree (methods.py); None: the legacy draft-model path
 
     @property
     def target(self) -> str:
@@ -268,8 +274,21 @@ def _facts(plan: Plan) -> _Facts:
         per_device=tuple(plan.per_device), placement=plan.placement,
         greedy=plan.generation.sampling == "greedy", temperature=plan.generation.temperature,
         seed=plan.generation.seed, max_new_tokens=plan.generation.max_new_tokens,
-        vocab_size=checked.target.vocab_size,
+        vocab_size=checked.target.vocab_size, drafting=_drafting(plan),
     )
+
+
+def _drafting(plan: Plan) -> Drafting:
+    """The plan's method and tree as the exporters read them; a plan without a method (older plans) is a
+    draft-model chain when it has a draft, none otherwise."""
+    knobs = plan.knobs
+    method = getattr(knobs, "draft_method", None) or ("draft-model" if plan.draft else "none")
+    if method == "none":
+        return Drafting("none", 0)
+    topk = getattr(knobs, "tree_topk", None) or 1
+    depth = (getattr(knobs, "tree_depth", None) or knobs.draft_length) if topk > 1 else knobs.draft_length
+    return Drafting(method, depth, topk, knobs.draft_length if topk > 1 else None,
+                    head=model_id(plan.draft.ref) if plan.draft else None)
 
 
 # ----------------------------------------------------------------------------- the three fractions

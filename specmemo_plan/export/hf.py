@@ -14,6 +14,7 @@ from pathlib import Path
 from ..memory import compute_dtype
 from ..placement import engine_device_maps
 from .facts import TORCH_DTYPE_NAMES, ExportResult, ModelSource, _Facts, pretrained_args, python_lines
+from .methods import hf_spec
 
 DEFAULT_PROMPT = "Write one sentence about the sea."
 PROMPT_IDS = 8  # token ids of the prompt for a model without a tokenizer: 1..8 (mod the vocabulary)
@@ -37,6 +38,11 @@ def _load_settings(src: ModelSource, dtype: str, device_map: dict | None) -> dic
     return {**load, "dtype": dtype, "device_map": device_map}
 
 
+def _legacy(f: _Facts) -> bool:
+    """A plan drafting with a separate model (or an older plan without a method): assisted generation."""
+    return f.drafting is None or f.drafting.method == "draft-model"
+
+
 def _hf(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     target_map, draft_map, max_memory = engine_device_maps(f.placement, f.draft is not None)
@@ -58,7 +64,7 @@ def _hf(f: _Facts) -> ExportResult:
     generate = {"max_new_tokens": f.max_new_tokens, "do_sample": not f.greedy}
     if not f.greedy:
         generate["temperature"] = f.temperature
-    if f.draft:
+    if f.draft and _legacy(f):
         settings["draft"] = _load_settings(d, draft_dtype, draft_map)
         settings["assistant_generation_config"] = {
             "num_assistant_tokens": f.k,
@@ -66,6 +72,10 @@ def _hf(f: _Facts) -> ExportResult:
             "assistant_confidence_threshold": 0.0,
         }
         generate["assistant_model"] = "<the draft model>"
+    if f.drafting is not None and f.drafting.method not in ("draft-model", "none"):
+        method_generate, method_lines = hf_spec(f.drafting)
+        unsupported += method_lines
+        generate.update(method_generate)
     settings["generate"] = generate
     settings["seed"] = f.seed
     if f.batch > 1:
@@ -124,12 +134,14 @@ def _script(f: _Facts, dtype, draft_dtype, target_map, draft_map, max_memory) ->
         lines += python_lines(src)
     lines += ["", f"torch.manual_seed({f.seed})"] + _model_line("target", t, dtype, target_map, max_memory)
     assist = ""
-    if d is not None:
+    if d is not None and _legacy(f):
         lines += _model_line("draft", d, draft_dtype, draft_map, None)
         lines += [f"draft.generation_config.num_assistant_tokens = {f.k}",
                   "draft.generation_config.num_assistant_tokens_schedule = \"constant\"",
                   "draft.generation_config.assistant_confidence_threshold = 0.0"]
         assist = ", assistant_model=draft"
+    if f.drafting is not None and f.drafting.method == "ngram":  # prompt lookup: no draft model
+        assist = "".join(f", {k}={v}" for k, v in hf_spec(f.drafting)[0].items())
     sampling = f", max_new_tokens={f.max_new_tokens}, do_sample={not f.greedy}" + (
         "" if f.greedy else f", temperature={f.temperature}")
     if t.has_tokenizer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..kvtypes import ENGINE_SPELLINGS, parse_kv_dtypes
 from .facts import ExportResult, _Facts, _flags
 from .gguf_files import gguf_file
+from .methods import llamacpp_spec
 
 # llama.cpp b9245 (May 2026): llama-server after the speculative-parameter rename (ggml-org/llama.cpp
 # PR #22397 and #22964): --spec-type draft-simple, --spec-draft-model (-md), --spec-draft-n-max/-n-min,
@@ -62,7 +63,15 @@ def _llamacpp(f: _Facts) -> ExportResult:
     total_ctx = f.batch * f.context
     ngl = 0 if f.kind == "cpu" else "all"  # layers offloaded to the GPU: all of them, none on a CPU plan
     settings = {"model": target}
-    if f.draft:
+    legacy = f.drafting is None or f.drafting.method in ("draft-model", "none")
+    method_spec = {}
+    if not legacy:
+        method_spec, method_lines = llamacpp_spec(f.drafting)
+        unsupported += method_lines
+        settings.update(method_spec)
+        if method_spec and f.draft:  # EAGLE-3: the head's GGUF is the draft model
+            settings["spec_draft_model"] = draft
+    if f.draft and legacy:
         settings.update({"spec_type": "draft-simple", "spec_draft_model": draft, "spec_draft_n_max": f.k,
                          "spec_draft_n_min": f.k, "spec_draft_p_min": 0.0,
                          "spec_draft_sampling": "greedy" if f.greedy else "probabilistic",
@@ -77,12 +86,12 @@ def _llamacpp(f: _Facts) -> ExportResult:
     if f.num_devices > 1:  # one device holds every layer: no split to give
         settings["split_mode"] = "layer"
         settings["tensor_split"] = ",".join(str(n) for n in f.layers_per_device)
-        if f.draft:
+        if f.draft and legacy:
             settings["spec_draft_device"] = f"{backend}{f.draft_device}"
         notes.append("--tensor-split takes proportions: the plan's decoder layers per device; llama.cpp puts the "
                      "output layer on the last device as the plan does")
     notes.append(f"-c is the KV of all {f.batch} slots together: {f.batch} x {f.context} = {total_ctx} tokens")
-    if f.draft:
+    if f.draft and legacy:
         notes.append(f"--spec-draft-n-min {f.k} with --spec-draft-p-min 0 keeps k = {f.k} every step, as the plan "
                      "(llama.cpp would otherwise stop drafting early on low draft confidence)")
     unsupported.append("memory budget: llama.cpp has no memory cap; with --fit off it allocates what -c, -np and "
@@ -90,7 +99,10 @@ def _llamacpp(f: _Facts) -> ExportResult:
     unsupported.append("draft context: builds since b9145 give the draft the target's context (no -cd); the plan's "
                        "draft KV assumes the same context, so nothing is lost")
     flags = [("-m", t_file.word)]
-    if f.draft:
+    if method_spec:  # the method's flags, spelled as llama-server's options with dashes
+        flags += [("--" + key.replace("_", "-"), d_file.word if key == "spec_draft_model" else value)
+                  for key, value in settings.items() if key in method_spec or key == "spec_draft_model"]
+    if f.draft and legacy:
         flags += [("--spec-type", "draft-simple"), ("-md", d_file.word), ("--spec-draft-n-max", f.k),
                   ("--spec-draft-n-min", f.k), ("--spec-draft-p-min", 0.0),
                   ("--spec-draft-sampling", settings["spec_draft_sampling"]), ("-ngld", ngl),

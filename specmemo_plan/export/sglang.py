@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction,
                     one_kv_type, preamble)
+from .methods import sglang_spec
 
 # SGLang 0.5.10. STANDALONE speculative decoding (a small draft LLM) and the server arguments:
 #   https://docs.sglang.io/advanced_features/speculative_decoding.html (Standalone Speculative Decoding)
@@ -29,7 +30,12 @@ def _sglang(f: _Facts) -> ExportResult:
     _float_dtype_note(f, "SGLang", unsupported)
     static = _static_fraction(f)  # computed once: the option, its note and the settings read this value
     settings = {"model_path": f.target}
-    if f.draft:
+    method_spec = None
+    if f.drafting is not None and f.drafting.method not in ("draft-model", "none"):
+        method_spec, method_lines = sglang_spec(f.drafting)
+        unsupported += method_lines
+        settings.update(method_spec)
+    elif f.draft:
         settings.update({
             "speculative_algorithm": "STANDALONE",
             "speculative_draft_model_path": f.draft,
@@ -64,7 +70,10 @@ def _sglang(f: _Facts) -> ExportResult:
     unsupported.append("sampling is per request in SGLang: send temperature "
                        + ("0 (greedy)" if f.greedy else f"{f.temperature}"))
     flags = [("--model-path", f.target_source.shell)]
-    if f.draft:
+    if method_spec is not None:  # the method's flags, spelled as SGLang's settings with dashes
+        flags += [("--" + key.replace("_", "-"), f.draft_source.shell if key == "speculative_draft_model_path"
+                   else value) for key, value in method_spec.items()]
+    elif f.draft:
         flags += [("--speculative-algorithm", "STANDALONE"), ("--speculative-draft-model-path", f.draft_source.shell),
                   ("--speculative-num-steps", f.k), ("--speculative-eagle-topk", 1),
                   ("--speculative-num-draft-tokens", f.k + 1)]

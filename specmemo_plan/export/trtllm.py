@@ -7,6 +7,7 @@ import json
 
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _free_kv_fraction, one_kv_type,
                     preamble, word)
+from .methods import trtllm_spec
 
 # TensorRT-LLM 1.3 (PyTorch backend, LLM API): DraftTargetDecodingConfig(decoding_type "Draft_Target",
 # max_draft_len, speculative_model), KvCacheConfig.free_gpu_memory_fraction; trtllm-serve options:
@@ -44,7 +45,12 @@ def _trtllm(f: _Facts) -> ExportResult:
         "pipeline_parallel_size": f.num_devices,
         "dtype": dtype,
     }
-    if f.draft:
+    if f.drafting is not None and f.drafting.method not in ("draft-model", "none"):
+        spec, method_lines = trtllm_spec(f.drafting)
+        unsupported += method_lines
+        if spec:
+            options["speculative_config"] = spec
+    elif f.draft:
         options["speculative_config"] = {"decoding_type": "Draft_Target", "max_draft_len": f.k,
                                          "speculative_model": f.draft}
     settings = {"model": f.target, "backend": "pytorch", "extra_llm_api_options": options,

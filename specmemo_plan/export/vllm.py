@@ -8,6 +8,7 @@ import shlex
 
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, Raw, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization,
                     one_kv_type, preamble, word)
+from .methods import vllm_spec
 
 # vLLM 0.25.0. Draft models through --speculative-config with method "draft_model":
 #   https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/
@@ -25,6 +26,9 @@ def _vllm(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     _needs_gpu(f, "vLLM", unsupported)
     spec = {"method": "draft_model", "model": f.draft, "num_speculative_tokens": f.k} if f.draft else None
+    if f.drafting is not None and f.drafting.method not in ("draft-model", "none"):
+        spec, method_lines = vllm_spec(f.drafting)
+        unsupported += method_lines
     kv_name = one_kv_type(f, "vLLM", unsupported)
     kv = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8", "fp8_e4m3": "fp8_e4m3",
           "fp8_e5m2": "fp8_e5m2"}.get(kv_name)
@@ -93,7 +97,7 @@ def _spec_word(f: _Facts, spec: dict | None):
     """--speculative-config as one shell word: single-quoted JSON, or double-quoted where it names "$DRAFT"."""
     if spec is None:
         return None
-    if f.draft_source.kind != "bundled":
+    if f.draft_source is None or f.draft_source.kind != "bundled" or "model" not in spec:
         return json.dumps(spec, separators=(", ", ": "))
     text = json.dumps({**spec, "model": "@DRAFT@"}, separators=(", ", ": "))
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")

@@ -68,6 +68,24 @@ def layer_weight_bytes(model: ModelShape, index: int, dtype: str) -> int:
     return quantised_bytes(mine, dtype) + (params - matrix) * dtype_bytes("fp16")
 
 
+def fp32_kept_layer_bytes(model: ModelShape, index: int | None, dtype: str) -> int:
+    """memory.fp32_kept_bytes of one decoder layer (None: the final norm). The families that keep parameters
+    in float32 keep a router per MoE layer (DeepSeek, strict) or the norms (GPT-OSS: two per layer + the
+    final one, fp16 only), so the shares follow those modules."""
+    if dtype not in ("fp16", "bf16") and dtype in FLOAT_DTYPES:
+        return 0
+    load = "fp16" if dtype not in FLOAT_DTYPES else dtype
+    per_param = 4 - dtype_bytes(load)
+    extra = 0
+    if model.fp32_params_16bit and index is not None:
+        moe = sorted({i for m in model.matrices if m.expert for i in m.layers})
+        extra += model.fp32_params_16bit // len(moe) if index in moe else 0
+    if model.fp32_params_fp16 and load == "fp16":
+        H = model.hidden_size
+        extra += H if index is None else (model.fp32_params_fp16 - H) // model.num_layers
+    return extra * per_param
+
+
 def layout(model: ModelShape, dtype: str) -> Layout:
     """Placement units of `model` with weights stored in `dtype`, names and order as transformers builds them."""
     mods = model.modules
@@ -87,10 +105,12 @@ def layout(model: ModelShape, dtype: str) -> Layout:
              for m in mods.before]
     buffers = mods.layer_buffers or (0,) * model.num_layers
     for i in range(model.num_layers):
-        nbytes = layer_weight_bytes(model, i, dtype)
+        nbytes = layer_weight_bytes(model, i, dtype) + fp32_kept_layer_bytes(model, i, dtype)
         acc = (model.layer_params[i] * b if float_weights else nbytes) + buffers[i] * buffer_b
         units.append(Unit(f"{mods.layers_name}.{i}", "layer", i, model.layer_params[i], nbytes, acc))
-    units += [Unit(m.name, m.kind, None, m.params, m.params * b, m.params * b + m.buffers * buffer_b)
+    units += [Unit(m.name, m.kind, None, m.params,
+                   m.params * b + (fp32_kept_layer_bytes(model, None, dtype) if m.kind == "norm" else 0),
+                   m.params * b + m.buffers * buffer_b)
               for m in mods.after]
     units.append(Unit("lm_head", "head", None, head_params, head_params * b, head_params * b))
     if sum(u.params for u in units) != model.num_params:

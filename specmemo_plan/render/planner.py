@@ -133,7 +133,7 @@ def plan(path, p, split, single_total: int, speed, latency_source: str, acceptan
     n = p.device.count
     device = f"{p.device.name} ({p.device.kind}, {format_bytes(p.device.total_memory_bytes)}" + (" each)" if n > 1 else ")")
     speed_text = f"{speed.tokens_per_s:,.1f} (plain decoding)"
-    if p.draft is not None:
+    if p.draft is not None or p.knobs.draft_length:
         speed_text = (f"{speed.tokens_per_s:,.1f} ({speed.speedup:.2f}x plain) at "
                       + acceptance_words(speed.acceptance_rate, acceptance_source, hint))
     latency_text = latency_words(latency_source) + (f", {link:g} GB/s between devices" if n > 1 and link else "")
@@ -183,3 +183,28 @@ def export(result) -> str:
     if result.notes:
         lines += ["", "notes:"] + [f"  - {n}" for n in result.notes]
     return "\n".join(lines)
+
+
+def methods(rows: list[dict], budget: int | None) -> str:
+    """The draft methods side by side (min-budget / fit with several --draft-method)."""
+    def shape(t):
+        return f"k={t['tokens']}" if t["topk"] == 1 else f"d{t['depth']} x top-{t['topk']}, T={t['tokens']}"
+
+    out, notes = [], []
+    for r in rows:
+        if "error" in r:
+            out.append([r["draft_method"] or "-", "-", "-", "-", "-", "-", "-", "-"])
+            notes.append(f"{r['draft_method']}: {r['error']}")
+            continue
+        mb = gib(r["min_budget_bytes"]) if r["min_budget_bytes"] else "does not pay"
+        at = f" ({shape(r['min_budget_tree'])}, {r['min_budget_speedup']:.2f}x)" if r["min_budget_bytes"] else ""
+        fits = ("yes" if r["fits"] else "no") if "fits" in r else "-"
+        out.append([r["draft_method"], shape(r["tree"]), gib(r["total_bytes"]), gib(r["draft_weights_bytes"] + r["draft_kv_bytes"]),
+                    fits, f"{r['tokens_per_s']:,.1f}", f"{r['speedup']:.2f}x", mb + at])
+        ref = "given" if r["acceptance_source"] == "given" else r["acceptance_reference"]
+        notes.append(f"{r['draft_method']}: acceptance {r['acceptance']:g} ({ref})")
+        if r.get("min_budget_note"):
+            notes.append(f"{r['draft_method']}: {r['min_budget_note']}")
+    head = ["method", "shape", "total GiB", "draft weights+KV GiB", "fits" if budget else "fits (no --budget)",
+            "tokens/s", "speedup", "cheapest budget that pays GiB"]
+    return "\n".join([table(out, head), *notes])

@@ -1,0 +1,136 @@
+"""Token trees: (depth, top-k per node, T verified tokens), and the tokens a step is expected to yield.
+
+A tree verifies T draft tokens at once; a chain of k is depth k, top-k 1, T = k. Its nodes are grown as
+EAGLE-2 does (arXiv 2406.16858, sec. 4): each of `depth` draft steps expands the top-k children of the
+nodes kept so far, and the T nodes of highest path score are verified. So at most
+topk + (depth - 1) * topk^2 nodes exist (tree_capacity), and depth <= T.
+
+Expected accepted length (our model, documented): at depth i the target's next token is the r-th ranked
+child of the accepted node with probability a_i (1 - a_i)^(r - 1) (a geometric over ranks: the best child
+is right with a_i, and the chance that one of the top w children is right is 1 - (1 - a_i)^w, the
+independence formula). A node is on the accepted path with the product of those along its path; the
+tree keeps the T nodes of largest such value (prefix-closed, since a child never beats its parent), and
+    E[tokens per step] = 1 + sum over the T kept nodes of their values,
+the bonus token included. For top-k 1 this is 1 + a + a^2 + ... + a^T = (1 - a^(T+1)) / (1 - a), the chain
+formula (Leviathan et al. 2023, eq. 1). P(accepted length >= j) is the sum of the depth-j values (at most one
+node per depth is accepted). Per-depth acceptance from a measured chain histogram h_0..h_K (steps that
+accepted i drafts): a_j = P(L >= j) / P(L >= j - 1); past K nothing was measured and a_j = 0.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import SpecMemoError
+
+# Search limits, with their reasons: the EAGLE reference defaults to depth 7, top-k 10, 60 tokens
+# (SafeAILab/EAGLE ea_model.py `total_token=60, depth=7, top_k=10`); SGLang to 5 steps, top-k 4, 8 tokens.
+MAX_TREE_DEPTH = 8
+MAX_TREE_TOPK = 10
+MAX_TREE_TOKENS = 64
+SEARCH_TOPK = (2, 4, 8)  # top-k values min-budget tries for trees (top-k 1 is the chain)
+SEARCH_TOKENS = (8, 16, 32, 48, 64)  # T values min-budget tries for trees
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    depth: int  # draft steps
+    topk: int  # children expanded per node
+    tokens: int  # T: draft tokens verified per step
+
+    @property
+    def is_chain(self) -> bool:
+        return self.topk == 1
+
+    def as_dict(self) -> dict:
+        return {"depth": self.depth, "topk": self.topk, "tokens": self.tokens}
+
+
+def tree_capacity(depth: int, topk: int) -> int:
+    """Nodes an EAGLE-2 tree of `depth` steps can hold: topk at the first, topk^2 candidates per later step."""
+    return topk + (depth - 1) * topk * topk
+
+
+def check_tree(tree: TreeShape) -> TreeShape:
+    for name in ("depth", "topk", "tokens"):
+        value = getattr(tree, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecMemoError(f"tree {name} must be a positive integer, got {value!r}")
+    if tree.depth > tree.tokens:
+        raise SpecMemoError(f"a tree of depth {tree.depth} verifies at least {tree.depth} tokens, T is {tree.tokens}",
+                            "raise --draft-length (T) or lower --tree-depth")
+    capacity = tree_capacity(tree.depth, tree.topk)
+    if tree.tokens > capacity:
+        raise SpecMemoError(f"a tree of depth {tree.depth} and top-k {tree.topk} holds at most {capacity} nodes, "
+                            f"T is {tree.tokens}", "lower --draft-length (T) or raise --tree-depth / --tree-topk")
+    return tree
+
+
+def per_depth_acceptance(acceptance: float, depth: int) -> list[float]:
+    """The same per-token acceptance at every depth."""
+    return [acceptance] * depth
+
+
+def per_depth_from_histogram(histogram: Sequence[float], depth: int) -> list[float]:
+    """a_j = P(L >= j) / P(L >= j-1) from a chain histogram (module docstring); 0 past what was measured."""
+    total = float(sum(histogram))
+    if total <= 0:
+        raise SpecMemoError("the acceptance histogram is empty")
+    at_least = [sum(histogram[j:]) / total for j in range(len(histogram))] + [0.0]
+    out = []
+    for j in range(1, depth + 1):
+        prev = at_least[j - 1] if j - 1 < len(at_least) else 0.0
+        cur = at_least[j] if j < len(at_least) else 0.0
+        out.append(cur / prev if prev > 0 else 0.0)
+    return out
+
+
+def kept_nodes(tree: TreeShape, per_depth: Sequence[float]) -> list[tuple[int, float]]:
+    """(depth, value) of the T nodes of highest acceptance value, best first (best-first expansion)."""
+    check_tree(tree)
+    if len(per_depth) < tree.depth:
+        raise SpecMemoError(f"{len(per_depth)} per-depth acceptances for a tree of depth {tree.depth}")
+
+    def value(parent: float, depth: int, rank: int) -> float:
+        a = per_depth[depth - 1]
+        return parent * a * (1.0 - a) ** (rank - 1)
+
+    heap = [(-value(1.0, 1, 1), 1, 1, 1.0)]
+    kept = []
+    while heap and len(kept) < tree.tokens:
+        neg, depth, rank, parent = heapq.heappop(heap)
+        kept.append((depth, -neg))
+        if rank < tree.topk:
+            heapq.heappush(heap, (-value(parent, depth, rank + 1), depth, rank + 1, parent))
+        if depth < tree.depth:
+            heapq.heappush(heap, (-value(-neg, depth + 1, 1), depth + 1, 1, -neg))
+    return kept
+
+
+def expected_tokens(tree: TreeShape, per_depth: Sequence[float]) -> float:
+    """1 + the sum of the kept nodes' values: accepted drafts plus the bonus token (module docstring)."""
+    return 1.0 + sum(v for _, v in kept_nodes(tree, per_depth))
+
+
+def tokens_distribution(tree: TreeShape, per_depth: Sequence[float]) -> list[float]:
+    """P(a step yields j tokens), j = 1 .. depth + 1, from P(L >= j) = the sum of the depth-j values."""
+    at_least = [1.0] + [0.0] * tree.depth
+    for depth, v in kept_nodes(tree, per_depth):
+        at_least[depth] += v
+    at_least.append(0.0)
+    return [max(0.0, at_least[j] - at_least[j + 1]) for j in range(tree.depth + 1)]
+
+
+def search_shapes(trees: bool, k_max: int, max_depth: int = MAX_TREE_DEPTH) -> list[TreeShape]:
+    """The shapes min-budget tries: chains of 1..k_max, and where the method drafts trees, depth 2..max_depth
+    with top-k in SEARCH_TOPK and T in SEARCH_TOKENS (each within the tree's capacity)."""
+    shapes = [TreeShape(k, 1, k) for k in range(1, k_max + 1)]
+    if trees:
+        for depth in range(2, max_depth + 1):
+            for topk in SEARCH_TOPK:
+                for tokens in SEARCH_TOKENS:
+                    if depth < tokens <= tree_capacity(depth, topk):
+                        shapes.append(TreeShape(depth, topk, tokens))
+    return shapes
