@@ -23,6 +23,7 @@ from .methods import compare_methods, method_specs, single_method
 from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
+from .engine_options import engine_options, engine_report
 from .options import (KV_DTYPE_HELP, POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option,
                       kv_dtype, model_files, positive, user_errors)
 
@@ -218,10 +219,12 @@ def _preset_row(name: str, shape, weights: str, source: str) -> dict:
 
 @click.command()
 @model_options
+@engine_options
 @user_errors
 def estimate(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
-             num_devices, split_policy, as_json):
-    """Memory needed, component by component (plain decoding without --draft)."""
+             num_devices, split_policy, as_json, **engine_args):
+    """Memory needed, component by component (plain decoding without --draft); with --engine, as that engine
+    allocates it (per GPU, with its startup lines)."""
     method, draft = single_method(draft_method, draft)
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
                profile_name, num_devices, split_policy, False, method, tree_depth, tree_topk, head_embedding)
@@ -238,8 +241,12 @@ def estimate(target, draft, draft_length, draft_method, tree_depth, tree_topk, h
         data.update(device_memory_bytes=s.device.memory_bytes, fits=split.fits)
     if s.devices > 1:
         data.update(single_device_total_bytes=single.total_bytes, split=split.as_dict())
+    report = engine_report(engine_args, s)
+    if report is not None:
+        data.update(engine=report["engine"], engine_startup_log=report["startup_log"], engine_refusal=report["refusal"])
     emit(data, as_json, lambda: render.estimate(s.head(), split.total, split, single.total_bytes, s.profile,
-                                                data.get("fits"), [data["target"], data["draft"]]))
+                                                data.get("fits"), [data["target"], data["draft"]])
+         + (render.engine_block(report) if report else ""))
 
 
 @click.command("min-budget")
@@ -289,9 +296,10 @@ def min_budget_cmd(target, draft, draft_length, draft_method, tree_depth, tree_t
 @click.command()
 @model_options
 @budget_option(required=True)
+@engine_options
 @user_errors
 def fit(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
-        num_devices, split_policy, as_json, budget):
+        num_devices, split_policy, as_json, budget, **engine_args):
     """What fits a budget (per device): the largest batch, context and draft length, each with the others fixed."""
     specs = method_specs(draft_method, draft)
     if len(specs) > 1 or draft_method == ("all",):
@@ -324,10 +332,15 @@ def fit(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_e
         "split": split.as_dict() if split else None, "draft_method": s.method,
         "tree": s.knobs.tree.as_dict() if s.knobs.draft_length else None,
     }
+    report = engine_report(engine_args, s)
+    if report is not None:  # the engine's own accounting decides whether it starts
+        data.update(engine=report["engine"], engine_startup_log=report["startup_log"], engine_refusal=report["refusal"],
+                    fits=fits and report["refusal"] is None and report["result"].total_bytes <= budget)
     if data["largest_batch"] == budget_mod.MAX_BATCH_SEARCH:
         data["notes"] = [f"the batch search stops at {budget_mod.MAX_BATCH_SEARCH} (budget.MAX_BATCH_SEARCH): a larger "
                          "batch may fit too; give --batch to check one"]
-    emit(data, as_json, lambda: render.fit(data, s.knobs, s.knobs.draft_length > 0, s.devices, MAX_DRAFT_LENGTH, split))
+    emit(data, as_json, lambda: render.fit(data, s.knobs, s.knobs.draft_length > 0, s.devices, MAX_DRAFT_LENGTH, split)
+         + (render.engine_block(report) if report else ""))
 
 
 @click.command()

@@ -208,3 +208,19 @@ def methods(rows: list[dict], budget: int | None) -> str:
     head = ["method", "shape", "total GiB", "draft weights+KV GiB", "fits" if budget else "fits (no --budget)",
             "tokens/s", "speedup", "cheapest budget that pays GiB"]
     return "\n".join([table(out, head), *notes])
+
+
+def engine_block(report: dict) -> str:
+    """--engine: the engine's own parts per GPU, its startup lines as it would print them, its assumptions."""
+    e = report["engine"]
+    names = ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes", "compute_buffer_bytes", "non_torch_bytes",
+             "cuda_graph_bytes", "sampler_bytes", "cuda_context_bytes", "total_bytes")
+    rows = [[n, gib(e[n])] for n in names if e.get(n)]
+    lines = ["", f"as {e['engine']} ({e['version']}) allocates it, per GPU:", table(rows, ["part", "GiB"])]
+    if e.get("kv_cache_tokens") is not None:
+        lines.append(f"KV cache tokens {e['kv_cache_tokens']:,}; max concurrency {e['max_concurrency']:.2f}x")
+    lines += [f"startup: {line}" for line in report["startup_log"]]
+    if report["refusal"]:
+        lines.append(f"would NOT start: {report['refusal']}")
+    lines += [f"assumed: {a}" for a in e["assumptions"]]
+    return "\n" + "\n".join(lines)
