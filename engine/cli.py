@@ -60,6 +60,10 @@ def _engine(plan, device: str | None, threads: int | None = None, tokenizer="aut
     from .runtime import Engine
 
     if threads:
+        cpus = os.cpu_count() or 1
+        if threads > cpus:  # libgomp allocates per thread: a huge count aborts the process
+            raise SpecMemoError(f"--threads {threads} is more than this machine's {cpus} CPUs",
+                                f"use --threads {cpus} or fewer")
         torch.set_num_threads(threads)
     engine = Engine(plan, device=device, tokenizer=tokenizer)
     for role, random in engine.random_weights.items():
@@ -289,5 +293,8 @@ def _turn(engine, session, as_json: bool) -> bool:
 
 
 def run() -> None:
+    from specmemo_plan.cli import printable_streams
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    printable_streams()
     main(prog_name="python -m engine")

@@ -113,8 +113,9 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
         measured = read_measured_profile(measured_path)
         _check_measured_matches(ctx, measured, measured_path, target, draft, dtype)
     elif target:
-        from .workflow import check_budget_floor
+        from .workflow import check_budget_floor, check_shapes_first
 
+        check_shapes_first(target, draft, context)
         check_budget_floor(target, dtype, context, budget, device)
         measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
     else:
@@ -190,8 +191,9 @@ def demo(target, draft, budget, context, output, device, num_prompts, verify_pro
     from specmemo_plan.tune import tune as tune_plan
 
     _check_output(output, *model_files(target, draft))  # before torch loads (seconds)
-    from .workflow import check_budget_floor, log, profile_pair, verify, write_verified
+    from .workflow import check_budget_floor, check_shapes_first, log, profile_pair, verify, write_verified
 
+    check_shapes_first(target, draft, context)
     check_budget_floor(target, "fp32", context, budget, device)
     log(f"1/3 profiling {target} + {draft} on this device (a quick grid; `profile` measures a fuller one)")
     measured = profile_pair(target, draft, dtype="fp32", device=device, num_prompts=num_prompts, k_max=DEMO_K_MAX,

@@ -69,16 +69,26 @@ def check_budget_floor(target_ref: str, dtype: str, context: int, budget: int | 
 # ----------------------------------------------------------------------------- profile
 
 
+def check_shapes_first(target_ref: str, draft_ref: str | None, max_context: int) -> None:
+    """What the shapes alone refuse, before any weights load (a preset's random 7B takes minutes): the pair's
+    tokenizer and a context past the target's positions."""
+    target = load_shape(target_ref)
+    draft = load_shape(draft_ref) if draft_ref else None
+    check_pair(target, draft)
+    if max_context > target.max_position_embeddings:
+        raise SpecMemoError(f"context {max_context} exceeds the target's {target.max_position_embeddings} positions",
+                            f"use --context {target.max_position_embeddings} or less")
+
+
 def profile_pair(target_ref: str, draft_ref: str | None, dtype: str = "fp32", device: str | None = None,
                  acceptance: float | None = None, num_prompts: int = 16, k_max: int = 8,
                  max_context: int = 2048, repeats: int = 5, grid: dict | None = None, quick: bool = False,
                  acceptance_new_tokens: int = 48, max_batch: int = 8) -> MeasuredProfile:
     """Measure latencies of both models over a grid, fit them, and measure (or take) the acceptance."""
+    check_shapes_first(target_ref, draft_ref, max_context)
     spec, torch_device, _ = _this_device(device)
     target = load_model(target_ref, dtype, torch_device)
     draft = load_model(draft_ref, dtype, torch_device, seed=1) if draft_ref else None
-    if draft is not None:
-        check_pair(target.shape, draft.shape)
     grid = grid or default_grid(torch_device, max_context, quick, max_batch)
     t0 = time.perf_counter()
     samples = measure_latencies(target, "target", dtype, grid["batches"], grid["token_counts"], grid["contexts"], repeats)

@@ -95,6 +95,9 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
                                 "give a regular file name such as plan.json")
     folder = target.parent
     if not folder.is_dir():
+        if folder.exists():
+            raise SpecMemoError(f"{given.parent} is not a folder (it is a file): {shown} cannot be written",
+                                "give a path in an existing folder")
         raise SpecMemoError(f"folder {given.parent} of {shown} does not exist", f"create it first (mkdir -p {given.parent})")
     if not os.access(folder, os.W_OK | os.X_OK):
         why = "it is on a read-only filesystem" if _read_only(folder) else "permission denied"
@@ -231,6 +234,8 @@ def read_json_file(path: str | os.PathLike, what: str, hint: str | None = None, 
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
             raise SpecMemoError(f"cannot read {what} from {path}: it is a folder", hint)
+        if not stat.S_ISREG(mode):  # a FIFO would block, a device never end: inputs are regular files
+            raise SpecMemoError(f"cannot read {what} from {path}: {path} is {_kind(mode)}, not a regular file", hint)
         with open(path, "rb") as fh:
             raw = fh.read(MAX_JSON_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):

@@ -26,6 +26,7 @@ from .architectures import CacheLayer, Experts, LatentAttention, Matrix
 from .architectures.base import ModuleLayout
 from .checkpoints import StoredWeights
 from .errors import SpecMemoError, close_names
+from .files import read_json_file
 
 # The model_types sized by formula (specmemo_plan/architectures); others go through transformers' meta build.
 SUPPORTED_MODEL_TYPES = _arch.SUPPORTED_MODEL_TYPES
@@ -213,15 +214,8 @@ def _renamed(shape: ModelShape, name: str) -> ModelShape:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpecMemoError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except UnicodeDecodeError as exc:
-        raise SpecMemoError(f"{path} is not UTF-8 text (byte {exc.start}): is it a binary file?",
-                            "a config.json is UTF-8 JSON") from None
-    except OSError as exc:
-        raise SpecMemoError(f"cannot read {path}: {exc.strerror}") from None
+    """A config.json: a regular UTF-8 JSON file holding an object (files.read_json_file's one-line errors)."""
+    return read_json_file(path, "a model config (config.json)", "give a Hugging Face config.json")
 
 
 def _shape_from_path(path: Path) -> ModelShape:

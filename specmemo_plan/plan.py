@@ -120,6 +120,9 @@ def read_plan(path: str | os.PathLike) -> Plan:
     """Read and check a plan file; every problem is one SpecMemoError naming the file and the field."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+            raise SpecMemoError(f"cannot read the plan {path}: it is not a regular file",
+                                "give the JSON file `specmemo-plan plan` or `tune` wrote")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecMemoError(f"no plan file at {path}", "write one with `specmemo-plan plan` or `specmemo-plan tune`") from None
@@ -206,11 +209,19 @@ def make_plan(
     return plan
 
 
+# vLLM treats temperatures below _SAMPLING_EPS = 1e-5 as greedy (vllm/sampling_params.py): below it logits / T
+# overflow; a plan asks for greedy decoding instead
+MIN_TEMPERATURE = 1e-5
+
+
 def _check_generation(g: Generation) -> None:
     """The sampling settings a plan may hold: a finite temperature > 0 (the sampler divides the logits by it)."""
     t = g.temperature
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
         raise SpecMemoError(f"temperature must be a finite number > 0, got {t!r}", "give --temperature such as 0.7")
+    if g.sampling == "sample" and t < MIN_TEMPERATURE:
+        raise SpecMemoError(f"temperature {t!r} is below {MIN_TEMPERATURE:g}: logits / T overflow to infinity",
+                            "use --sampling greedy (what such a temperature means), or a temperature >= 1e-05")
     if g.sampling not in SAMPLING_MODES:
         raise SpecMemoError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {g.sampling!r}")
     if isinstance(g.seed, bool) or not isinstance(g.seed, int) or not SEED_RANGE[0] <= g.seed <= SEED_RANGE[1]:

@@ -11,6 +11,9 @@ what the file states by itself (per-device totals are their components' sum, the
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+
 import json
 import math
 from typing import Any
@@ -179,6 +182,10 @@ def parse_plan(data: Any, where: str = "plan") -> Plan:
 
 
 def _knobs(k: _Reader) -> Knobs:
+    unknown = sorted(set(k.data) - {f.name for f in dataclasses.fields(Knobs)})
+    if unknown:  # a typo (max_contxt) would otherwise leave the real field at its default
+        close = difflib.get_close_matches(unknown[0], [f.name for f in dataclasses.fields(Knobs)], n=1)
+        k.fail(unknown[0], "is not a knob" + (f" (did you mean {close[0]}?)" if close else ""))
     return Knobs(
         batch_size=k.positive("batch_size"),
         max_context=k.positive("max_context"),
@@ -209,8 +216,11 @@ def _generation(g: _Reader, knobs: Knobs) -> Generation:
     seed = g.get("seed", int, optional=True, default=0)
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         g.fail("seed", f"must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (torch.manual_seed's range), got {seed}")
-    return Generation(max_new_tokens=max_new, sampling=g.choice("sampling", SAMPLING_MODES),
-                      temperature=float(g.number("temperature", optional=True, default=1.0, open_low=True)), seed=seed)
+    sampling = g.choice("sampling", SAMPLING_MODES)
+    temperature = float(g.number("temperature", optional=True, default=1.0, open_low=True))
+    if sampling == "sample" and temperature < 1e-5:  # plan.MIN_TEMPERATURE: logits / T overflow below it
+        g.fail("temperature", f"{temperature!r} is below 1e-05 (logits / T overflow): use sampling greedy")
+    return Generation(max_new_tokens=max_new, sampling=sampling, temperature=temperature, seed=seed)
 
 
 def _components(r: _Reader) -> dict:

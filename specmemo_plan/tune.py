@@ -130,10 +130,20 @@ def tune(measured: MeasuredProfile, budget_bytes: int | None, context: int, max_
     target, draft = _check_models(measured)
     device = DeviceSpec(**{k: v for k, v in measured.device.items() if k in DeviceSpec.__dataclass_fields__})
     budget = budget_bytes or device.total_memory_bytes
+    if budget > device.total_memory_bytes:
+        raise SpecMemoError(f"the budget {format_bytes(budget)} exceeds the profiled device's "
+                            f"{format_bytes(device.total_memory_bytes)} ({device.name})",
+                            "give a --budget the device has, or leave it out for the whole device")
+    if context > target.max_position_embeddings:
+        raise SpecMemoError(f"context {context} exceeds the target's {target.max_position_embeddings} positions",
+                            f"use --context {target.max_position_embeddings} or less")
     base = Knobs(batch_size=1, max_context=context, draft_length=1 if draft else 0,
                  weight_dtype=measured.target["dtype"], kv_dtype=kv_dtype)
     searched_batch, notes = _range_notes(measured, max_batch, context)
-    new_tokens = min(max_new_tokens, context - 1)
+    new_tokens = min(max_new_tokens, context - 1)  # make_plan's rule: room for at least one prompt token
+    if new_tokens < max_new_tokens:
+        notes = notes + [f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in a context of {context}: "
+                         f"the plan generates at most {new_tokens} new tokens"]
     t0 = time.perf_counter()
     result = _search(target, draft, base, budget, measured, k_max=k_max, max_batch=searched_batch, retain=retain,
                      new_tokens=new_tokens)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import re
 
 from .errors import SpecMemoError
@@ -14,6 +16,9 @@ UNITS = {
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
+MAX_BYTES = 2**60  # an exbibyte: past any device or machine, and still exact in an int64 and a float
+
+
 def parse_bytes(text: str | int, what: str = "size") -> int:
     """'24GiB', '24GB', '24000MB', '1.5 GiB' or plain bytes -> int bytes (decimal and binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -23,6 +28,8 @@ def parse_bytes(text: str | int, what: str = "size") -> int:
         if not match or match.group(2).lower() not in UNITS:
             raise SpecMemoError(f"cannot read {what} {text!r}", "write it like 24GiB, 24GB, 24000MB or 25769803776")
         value, unit = float(match.group(1)), match.group(2).lower()
+    if not math.isfinite(value * UNITS[unit]) or value * UNITS[unit] > MAX_BYTES:
+        raise SpecMemoError(f"{what} {text!r} is beyond any device", f"give at most {MAX_BYTES // 2**50} PiB")
     nbytes = int(value * UNITS[unit])
     if nbytes <= 0:
         raise SpecMemoError(f"{what} must be positive, got {text!r}")

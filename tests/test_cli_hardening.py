@@ -22,7 +22,7 @@ from specmemo_plan.models import BUNDLED_MODELS, load_shape
 from specmemo_plan.plan import read_plan
 
 PAIR = ["-t", "llama-2-7b-chat", "-d", "llama-68m"]
-PLAN = ["plan", *PAIR, "--profile", "titan-rtx", "--budget", "24GiB"]
+PLAN = ["plan", *PAIR, "--profile", "titan-rtx", "--budget", "22GiB"]
 
 
 def run(*args):
@@ -62,7 +62,7 @@ def test_output_writes_through_a_symlink(tmp_path):
     (tmp_path / "link.json").symlink_to(real)
     result = run(*PLAN, "-o", tmp_path / "link.json")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "link.json").is_symlink() and read_plan(real).budget_bytes == 24 * 2**30
+    assert (tmp_path / "link.json").is_symlink() and read_plan(real).budget_bytes == 22 * 2**30
 
 
 def test_output_over_an_input_is_refused(tmp_path):

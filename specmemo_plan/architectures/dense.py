@@ -102,10 +102,7 @@ def _rotary_dim(cfg: Config, c: Core, model_type: str) -> int:
     """Phi-3/Phi-4-mini rotate part of each head: partial_rotary_factor (top level or in rope_parameters)."""
     if model_type != "phi3":
         return c.head_dim
-    rope = cfg.cfg.get("rope_parameters") if isinstance(cfg.cfg.get("rope_parameters"), dict) else {}
-    factor = rope.get("partial_rotary_factor") if rope.get("partial_rotary_factor") is not None else \
-        cfg.number("partial_rotary_factor", 1.0)
-    return int(c.head_dim * factor)
+    return int(c.head_dim * cfg.rotary_factor("partial_rotary_factor", 1.0))
 
 
 _LLAMA = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

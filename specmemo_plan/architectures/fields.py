@@ -79,6 +79,20 @@ class Config:
             raise SpecMemoError(f"{self.where}: field '{key}' must be true or false, got {value!r}")
         return value
 
+    def rotary_factor(self, key: str, default: float) -> float:
+        """A share of each head that is rotated: rope_parameters.partial_rotary_factor when the config nests
+        it there (transformers 5.x), else the top-level `key`; a number in (0, 1]."""
+        rope = self.cfg.get("rope_parameters")
+        if isinstance(rope, dict) and rope.get("partial_rotary_factor") is not None:
+            value, name = rope["partial_rotary_factor"], "rope_parameters.partial_rotary_factor"
+        else:
+            value, name = self.cfg.get(key), key
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise SpecMemoError(f"{self.where}: field '{name}' must be a positive number at most 1, got {value!r}")
+        return float(value)
+
     def number(self, key: str, default: float) -> float:
         value = self.cfg.get(key)
         if value is None:

@@ -35,16 +35,26 @@ def from_transformers(cfg: dict, where: str, supported: tuple[str, ...]) -> Arch
         raise refusal from None
     except Exception as exc:  # transformers' strict config validation raises several types
         raise SpecMemoError(f"{where}: transformers refuses this config: {str(exc).splitlines()[0]}") from None
+    text = config.get_text_config(decoder=True)
+    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+        value = getattr(text, name, None)
+        if name == "num_attention_heads" and value is None:
+            raise SpecMemoError(f"{where}: {model_type!r} has no attention heads (num_attention_heads): only "
+                                "attention models can be sized", "supported: " + ", ".join(supported))
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise SpecMemoError(f"{where}: field '{name}' must be a positive integer, got {value!r}")
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except ValueError:
-        raise SpecMemoError(f"{where}: model_type {model_type!r} is not supported (transformers has no causal LM for it)",
-                            "supported: " + ", ".join(supported)) from None
+    except ValueError as exc:
+        if type(config) not in AutoModelForCausalLM._model_mapping:
+            raise SpecMemoError(f"{where}: model_type {model_type!r} is not supported (transformers has no causal "
+                                "LM for it)", "supported: " + ", ".join(supported)) from None
+        raise SpecMemoError(f"{where}: transformers cannot build {model_type!r} from this config: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'ValueError'}") from None
     except Exception as exc:  # a config transformers accepts but cannot build (its own bugs included)
         raise SpecMemoError(f"{where}: transformers cannot build {model_type!r} from this config: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    text = config.get_text_config(decoder=True)
     layers_module = _decoder_layers(model)
     if layers_module is None:
         raise SpecMemoError(f"{where}: cannot find the decoder layers of {type(model).__name__}")

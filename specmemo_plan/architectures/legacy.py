@@ -87,10 +87,7 @@ def build_neox(cfg: Config) -> Architecture:
 def _neox_rotary_pct(cfg: Config) -> float:
     """Share of each head GPT-NeoX rotates: rope_parameters.partial_rotary_factor, else rotary_pct, else
     GPTNeoXConfig's default 0.25 (Pythia's value)."""
-    rope = cfg.cfg.get("rope_parameters")
-    if isinstance(rope, dict) and rope.get("partial_rotary_factor") is not None:
-        return float(rope["partial_rotary_factor"])
-    return cfg.number("rotary_pct", 0.25)
+    return cfg.rotary_factor("rotary_pct", 0.25)
 
 
 def build_starcoder2(cfg: Config) -> Architecture:

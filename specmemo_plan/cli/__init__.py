@@ -49,5 +49,16 @@ def cli():
     """Memory planner, autotuner and runtime for speculative decoding on small GPUs."""
 
 
+def printable_streams() -> None:
+    """Names from argv that are not UTF-8 (surrogate escapes) print as backslash escapes instead of raising
+    UnicodeEncodeError on a strict UTF-8 stdout/stderr."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main():
+    printable_streams()
     cli(prog_name="specmemo-plan")

@@ -24,7 +24,7 @@ from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
 from .engine_options import engine_options, engine_report
-from .options import (KV_DTYPE_HELP, POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option,
+from .options import (BANDWIDTH, KV_DTYPE_HELP, POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option,
                       kv_dtype, model_files, positive, user_errors)
 
 DEFAULT_DRAFT_LENGTH = 4  # a common default (vLLM's examples, HF assisted generation starts at 5)
@@ -68,7 +68,7 @@ def speed_options(func):
     return apply([
         click.option("--acceptance", "-a", type=SHARE, default=None,
                      help=f"Per-token acceptance rate of the draft  [default: {DEFAULT_ACCEPTANCE}, assumed]"),
-        click.option("--bandwidth", "bandwidth_gbps", type=POSITIVE_FLOAT, default=100.0, show_default=True,
+        click.option("--bandwidth", "bandwidth_gbps", type=BANDWIDTH, default=100.0, show_default=True,
                      help="GB/s for the bandwidth latency model when no --profile is given."),
     ], func)
 
@@ -367,6 +367,9 @@ def plan(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_
     s = gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
                profile_name, num_devices, split_policy, True, method, tree_depth, tree_topk, head_embedding)
     budget = budget or s.device.memory_bytes
+    if budget > s.device.memory_bytes:
+        raise SpecMemoError(f"the budget {format_bytes(budget)} exceeds the device's {format_bytes(s.device.memory_bytes)}",
+                            "give a --budget the device has (per device), or leave it out for the whole device")
     budget_mod.check_weights_fit(s.target, s.draft, s.knobs, budget, s.overhead, s.devices)
     acceptance, acceptance_source = acceptance_given(acceptance, s.method)
     latency = s.latency(bandwidth_gbps)

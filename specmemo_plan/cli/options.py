@@ -62,6 +62,8 @@ class FiniteFloat(click.FloatRange):
 
 POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
 SHARE = FiniteFloat(0, 1)  # acceptance rates
+# GB/s: above zero and below 1e6 (1 PB/s, ~200x an H200's HBM3e): past that a forward rounds to 0 ms
+BANDWIDTH = FiniteFloat(min=0, max=1e6, min_open=True)
 SHARE_ABOVE_ZERO = FiniteFloat(0, 1, min_open=True)  # --retain
 
 
