@@ -20,7 +20,7 @@ from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.files import write_json_atomic
 from specmemo_plan.memory import Knobs, breakdown, plain_knobs
 from specmemo_plan.models import check_pair, load_shape
-from specmemo_plan.plan import DeviceSpec, Plan, write_plan
+from specmemo_plan.plan import DeviceSpec, Plan, make_plan, write_plan
 from specmemo_plan.quantities import acceptance_rate, error_percent
 from specmemo_plan.throughput import predict_speed, tokens_per_step_distribution
 
@@ -261,10 +261,12 @@ def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str]
 
 
 def _plain_plan(plan: Plan) -> Plan:
-    """The plan without its draft: plain decoding with the same batch and context."""
-    knobs = plain_knobs(plan.knobs)
-    memory = breakdown(load_shape(plan.target.ref), None, knobs).as_dict()
-    return replace(plan, draft=None, knobs=knobs, prediction=replace(plan.prediction, memory=memory))
+    """The plan without its draft: plain decoding with the same batch, context, device and budget, made by
+    make_plan (so its per-device shares and placement are the plain ones the engine's checks recompute)."""
+    overhead = plan.per_device[0].memory.components["runtime_overhead"]  # one device's, as make_plan takes it
+    return make_plan(plan.target.ref, load_shape(plan.target.ref), None, None, plain_knobs(plan.knobs), plan.device,
+                     plan.budget_bytes, generation=plan.generation, device_overhead_bytes=overhead,
+                     provenance=plan.provenance, policy=plan.placement.policy)
 
 
 def _predict_at_run(plan: Plan, measured: MeasuredProfile, stats: RunStats) -> PredictedAtRun:

@@ -137,3 +137,17 @@ def test_checks_live_in_engine_checks():
     for name in ("check_supported", "check_prediction", "resolve_device", "check_model_type"):
         assert getattr(runtime, name) is getattr(checks, name)
     assert runtime.STATIC_COMPONENTS is checks.STATIC_COMPONENTS
+
+
+def test_the_plain_baseline_of_a_verified_plan_passes_the_engines_checks(tiny_pair):
+    """verify runs the plan, then plain decoding at the same knobs: that plan is made by make_plan, so its
+    per-device shares are the plain ones (it reused the SD plan's shares, and the engine refused it)."""
+    from engine.workflow import _plain_plan
+
+    target, draft = tiny_pair
+    plan = make_test_plan(target, draft, draft_length=2, max_context=128)
+    plain = _plain_plan(plan)
+    assert plain.draft is None and plain.knobs.draft_length == 0
+    checked = validate(plain)
+    assert plain.per_device[0].memory.components["draft_weights"] == 0
+    assert checked.split.total.total_bytes == plain.prediction.memory["total_bytes"]
