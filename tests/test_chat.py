@@ -17,7 +17,6 @@ import sys
 import time
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from engine import chat as chat_module
@@ -33,17 +32,7 @@ from test_engine_cli import bpe_model, bpe_token_chars, config_plan, make_test_p
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def hf_target(tiny_pair):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_pair[0], dtype=torch.float32).eval()
-
-
-def hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new)
-    return out[0, len(prompt):].tolist()
+from test_engine import hf_greedy, hf_target  # noqa: E402,F401  (hf_target: a fixture)
 
 
 def engine_for(pair, **plan_kwargs) -> Engine:

@@ -14,6 +14,7 @@ Version 1 (u32 counts, 2023) and big-endian files are refused.
 
 from __future__ import annotations
 
+import math
 import mmap
 import re
 import struct
@@ -54,10 +55,7 @@ class GGUFTensor:
 
     @property
     def num_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

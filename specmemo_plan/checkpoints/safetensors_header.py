@@ -16,6 +16,7 @@ Only the header is read, so packed formats come out exact: a GPTQ `qweight` is I
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -47,10 +48,7 @@ class TensorInfo:
 
     @property
     def num_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...], what: str = "tensor") -> int:
