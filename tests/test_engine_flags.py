@@ -49,3 +49,19 @@ def test_engine_errors_are_one_line():
     result = run("estimate", "-t", "llama-2-7b-chat", "--engine", "vllm", "-p", "a100-80gb",
                  "--gpu-memory-utilization", "nan")
     assert result.exit_code == 2
+
+
+def test_export_prints_the_engines_predicted_startup(tmp_path):
+    from specmemo_plan.export import export_plan
+    from specmemo_plan.plan import read_plan
+
+    out = tmp_path / "p.json"
+    made = run("plan", "-t", "llama-2-7b-chat", "-d", "llama-68m", "-p", "rtx-4090", "--budget", "22GiB", "-c", "4096",
+               "-b", "2", "-o", str(out))
+    assert made.exit_code == 0, made.output
+    result = export_plan(read_plan(out), "vllm")
+    lines = result.predicted_startup
+    assert any(line.endswith("GPU KV cache size: 18,480 tokens") for line in lines)
+    assert not any(u.startswith("WARNING") for u in result.unsupported)  # 4.51x concurrency >= batch 2
+    llama = export_plan(read_plan(out), "llama.cpp")
+    assert any("KV self size = 4096.00 MiB" in line for line in llama.predicted_startup)

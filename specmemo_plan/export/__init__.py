@@ -46,4 +46,6 @@ def export_plan(plan: Plan, engine: str) -> ExportResult:
     key = _ALIASES.get(key, key)
     if key not in ENGINES:
         raise SpecMemoError(f"unknown engine '{engine}'", close_names(key, ENGINES))
-    return _EXPORTERS[key](_facts(plan))
+    from .startup import with_startup
+
+    return with_startup(_EXPORTERS[key](_facts(plan)), plan)

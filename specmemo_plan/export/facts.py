@@ -52,12 +52,13 @@ class ExportResult:
     unsupported: list[str] = field(default_factory=list)  # parts of the plan the engine cannot express
     notes: list[str] = field(default_factory=list)  # how a value was derived, what to check
     docs: tuple[str, ...] = ()  # where the option names come from
+    predicted_startup: tuple[str, ...] = ()  # what the engine will print, by its memory model (export/startup.py)
 
     def as_dict(self) -> dict:
         return {
             "engine": self.engine, "engine_version": self.engine_version, "docs": list(self.docs),
             "settings": self.settings, "command": self.command, "unsupported": list(self.unsupported),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "predicted_startup": list(self.predicted_startup),
         }
 
 
