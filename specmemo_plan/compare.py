@@ -35,9 +35,20 @@ class DeviceVerdict:
     best_breakdown: dict | None  # MemoryBreakdown.as_dict() of the best configuration
     note: str = ""
     draft_length_limit: int = MAX_DRAFT_LENGTH  # the k searched to: a best k there may lie past it
+    # compare --engine: the engine's own accounting of the best configuration on this device's memory
+    engine: str | None = None
+    engine_starts: bool | None = None  # None: the engine model could not size it (engine_refusal says why)
+    engine_kv_cache_tokens: int | None = None
+    engine_max_concurrency: float | None = None
+    engine_refusal: str | None = None
+    engine_batch: int | None = None
+    engine_draft_length: int | None = None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.engine is None:  # without --engine the verdict is as it was
+            out = {k: v for k, v in out.items() if not k.startswith("engine")}
+        return out
 
 
 def compare_device(
@@ -111,3 +122,21 @@ def _verdict(key: str, name: str, memory: int, overhead: int, latency, target: M
 
 def compare_devices(profiles, target, draft, knobs, acceptance, k_max: int = MAX_DRAFT_LENGTH) -> list[DeviceVerdict]:
     return [compare_device(p, target, draft, knobs, acceptance, k_max) for p in profiles]
+
+
+def with_engine(verdict: DeviceVerdict, engine: str, options, target: ModelShape, draft: ModelShape, knobs: Knobs,
+                overhead: int, tp: int = 1) -> DeviceVerdict:
+    """`verdict` with whether `engine` starts its best configuration (engine_budget.with_engine_knobs) on the
+    device's memory, and the engine's KV pool there (tokens, concurrency at the context)."""
+    from .engine_budget import refusal, with_engine_knobs
+
+    kk = with_engine_knobs(knobs, verdict.best_batch, verdict.best_draft_length)
+    options = replace(options, device_name=verdict.name, cuda_context_bytes=overhead
+                      if options.cuda_context_bytes is None else options.cuda_context_bytes)
+    base = dict(engine=engine, engine_batch=kk.batch_size, engine_draft_length=kk.draft_length)
+    try:
+        memory, why = refusal(engine, target, draft, kk, options, verdict.memory_bytes, tp)
+    except SpecMemoError as exc:  # a setting this engine cannot run: said on the row, the others go on
+        return replace(verdict, engine_refusal=exc.message, **base)
+    return replace(verdict, engine_starts=why is None, engine_kv_cache_tokens=memory.kv_cache_tokens,
+                   engine_max_concurrency=memory.max_concurrency, engine_refusal=why, **base)

@@ -23,7 +23,8 @@ from .methods import compare_methods, method_specs, single_method
 from ..render import planner as render
 from ..units import format_bytes
 from ..throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, BandwidthLatency, predict_speed, roofline_from_profile
-from .engine_options import engine_options, engine_report
+from .engine_options import (check_one_gpu_path, engine_min_budget, engine_options, engine_report,
+                             plan_engine_prediction)
 from .options import (BANDWIDTH, KV_DTYPE_HELP, POSITIVE_FLOAT, SHARE, SHARE_ABOVE_ZERO, apply, budget_option, emit, json_option,
                       kv_dtype, model_files, positive, user_errors)
 
@@ -254,12 +255,15 @@ def estimate(target, draft, draft_length, draft_method, tree_depth, tree_topk, h
 @speed_options
 @click.option("--retain", type=SHARE_ABOVE_ZERO, default=None,
               help="Keep at least this share of the best SD throughput (e.g. 0.96) instead of any speedup.")
+@engine_options
 @user_errors
 def min_budget_cmd(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk,
-                   profile_name, num_devices, split_policy, as_json, acceptance, bandwidth_gbps, retain):
-    """Smallest memory (per device) at which speculative decoding still beats plain decoding."""
+                   profile_name, num_devices, split_policy, as_json, acceptance, bandwidth_gbps, retain, **engine_args):
+    """Smallest memory (per device) at which speculative decoding still beats plain decoding; with --engine, the
+    smallest GPU on which that engine's own accounting starts the plan."""
     specs = method_specs(draft_method, draft)
-    if len(specs) > 1 or draft_method == ("all",):
+    several = len(specs) > 1 or draft_method == ("all",)
+    if check_one_gpu_path(engine_args, num_devices, several) is None and several:
         return compare_methods("min-budget", specs, target, draft_length, batch, context, dtype, draft_dtype,
                                kv_dtype, prefill_chunk, profile_name, num_devices, split_policy, as_json,
                                tree_depth, tree_topk, head_embedding, acceptance=acceptance,
@@ -287,10 +291,10 @@ def min_budget_cmd(target, draft, draft_length, draft_method, tree_depth, tree_t
         "plain_total_bytes": result.plain_total_bytes, "acceptance": acceptance, "acceptance_source": acceptance_source,
         "retain": retain, "latency_source": latency.source, "interconnect_gbps": s.link_gbps,
         "memory": result.memory.as_dict(), "split": result.split.as_dict(),
-        "draft_method": s.method, "tree": result.tree.as_dict(),
+        "draft_method": s.method, "tree": result.tree.as_dict(), "engine_min_budget": engine_min_budget(engine_args, s, result),
     }
     emit(data, as_json, lambda: render.min_budget(result, latency.source, acceptance, acceptance_source, s.devices,
-                                                  k_source))
+                                                  k_source) + render.engine_min_budget(data["engine_min_budget"]))
 
 
 @click.command()
@@ -355,10 +359,11 @@ def fit(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_e
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of --sampling sample.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Plan file to write (a symlink is written through; a device, a folder or an input is refused).")
+@engine_options
 @user_errors
 def plan(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_embedding, batch, context, dtype, draft_dtype, kv_dtype, prefill_chunk, profile_name,
          num_devices, split_policy, as_json, budget, acceptance, bandwidth_gbps, max_new_tokens, sampling,
-         temperature, seed, output):
+         temperature, seed, output, **engine_args):
     """Write a plan file from explicit knobs (no profiling; `tune` measures instead). --budget is per device."""
     from .. import plan as plan_mod
 
@@ -383,9 +388,10 @@ def plan(target, draft, draft_length, draft_method, tree_depth, tree_topk, head_
         provenance={"command": "specmemo-plan plan", "argv": sys.argv[1:], "method": "explicit knobs, predicted"},
         policy=s.policy,
     )
+    prediction = plan_engine_prediction(engine_args, s, p)  # into p.provenance; refuses what it would not start
     path = plan_mod.write_plan(p, output)
     single = breakdown(s.target, s.draft, s.knobs, s.overhead).total_bytes
     emit({"plan": str(path), **p.to_dict()}, as_json,
          lambda: render.plan(path, p, split, single, speed, latency.source, acceptance_source, s.link_gbps,
-                             render.MEASURE_HINT))
+                             render.MEASURE_HINT) + render.engine_prediction(prediction))
 

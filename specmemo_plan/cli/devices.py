@@ -11,6 +11,7 @@ from ..render import planner as render
 from ..errors import SpecMemoError
 from ..throughput import DEFAULT_ACCEPTANCE
 from .calculator import acceptance_given, gather
+from .engine_options import check_one_gpu_path, engine_flags, engine_options
 from .options import KV_DTYPE_HELP, SHARE, emit, kv_dtype, json_option, positive, user_errors
 
 
@@ -58,11 +59,13 @@ def devices(show_profiles, as_json):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a chart; the extension picks the format: .png, .svg, .pdf (needs matplotlib).")
 @json_option
+@engine_options
 @user_errors
 def compare(target, draft, profile_names, all_profiles, measured_paths, context, batch, dtype, kv_dtype, acceptance,
-            plot_path, as_json):
+            plot_path, as_json, **engine_args):
     """Which devices run the pair with SD, and how fast: the roofline of each hardware profile, and
-    the fitted curves and measured acceptance of each --measured device."""
+    the fitted curves and measured acceptance of each --measured device. With --engine, whether that engine
+    starts each device's best configuration, and its KV pool there."""
     from ..autotune import read_measured_profile
     from ..compare import compare_devices, compare_measured
     from ..hardware import list_profiles, load_profile
@@ -94,6 +97,13 @@ def compare(target, draft, profile_names, all_profiles, measured_paths, context,
     verdicts = [compare_measured(m, f"measured:{Path(path).stem}", s.target, s.draft, s.knobs)
                 for m, path in zip(measured, measured_paths)]
     verdicts += compare_devices(profiles, s.target, s.draft, s.knobs, acceptance)
+    engine = check_one_gpu_path(engine_args, 1)
+    if engine is not None:  # each device's own memory and context size (profile or measured)
+        from ..compare import with_engine
+
+        overheads = [m.runtime_overhead_bytes for m in measured] + [p.runtime_overhead_bytes for p in profiles]
+        verdicts = [with_engine(v, engine, engine_flags(engine_args), s.target, s.draft, s.knobs, overhead,
+                                engine_args["tensor_parallel_size"]) for v, overhead in zip(verdicts, overheads)]
     if plot_path:
         from ..plot import plot_comparison
 
@@ -111,4 +121,4 @@ def compare(target, draft, profile_names, all_profiles, measured_paths, context,
                        f"measurements, {how} (its histogram)")
     emit({"target": target, "draft": draft, "context": context, "max_batch": batch, "acceptance": acceptance,
           "acceptance_source": acceptance_source, "devices": [v.as_dict() for v in verdicts]}, as_json,
-         lambda: render.compare(verdicts, sources))
+         lambda: render.compare(verdicts, sources) + render.compare_engine(verdicts))

@@ -7,6 +7,8 @@ commands print: every part in bytes per GPU, the engine's startup lines, and why
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from ..engines import DEFAULT_ENGINE, ENGINES, EngineOptions, engine_fits, engine_memory, engine_name, startup_log
@@ -74,16 +76,87 @@ def engine_report(args: dict, setup) -> dict | None:
     if profile is None and name in ("vllm", "sglang"):
         raise SpecMemoError(f"--engine {name} sizes its KV pool from the GPU's memory",
                             "name the GPU with --profile (e.g. --profile rtx-4090)")
-    options = EngineOptions(
-        gpu_memory_utilization=args["gpu_memory_utilization"], mem_fraction_static=args["mem_fraction_static"],
-        enforce_eager=args["enforce_eager"], flash_attn=args["flash_attn"], cache_type_k=args["cache_type_k"],
-        cache_type_v=args["cache_type_v"],
-        cuda_context_bytes=profile.runtime_overhead_bytes if profile else None,
-        device_name=profile.name if profile else "",
-        **{field: args[field] for field in _INT_FLAGS.values()},
-    )
+    options = engine_flags(args, profile.runtime_overhead_bytes if profile else None, profile.name if profile else "")
     result = engine_memory(name, setup.target, setup.draft, setup.knobs, options,
                            device_total_bytes=profile.memory_bytes if profile else 0,
                            tensor_parallel=args["tensor_parallel_size"])
     return {"engine": result.as_dict(), "startup_log": list(startup_log(result)),
             "refusal": engine_fits(result, setup.knobs), "result": result}
+
+
+def engine_flags(args: dict, cuda_context_bytes: int | None = None, device_name: str = "") -> EngineOptions:
+    """The EngineOptions the command's engine flags give, on a device with this context and name."""
+    return EngineOptions(
+        gpu_memory_utilization=args["gpu_memory_utilization"], mem_fraction_static=args["mem_fraction_static"],
+        enforce_eager=args["enforce_eager"], flash_attn=args["flash_attn"], cache_type_k=args["cache_type_k"],
+        cache_type_v=args["cache_type_v"], cuda_context_bytes=cuda_context_bytes, device_name=device_name,
+        **{field: args[field] for field in _INT_FLAGS.values()},
+    )
+
+
+def given_flags(args: dict) -> list[str]:
+    """The engine flags (other than --engine) the user set, as spelled on the command line."""
+    defaults = {"enforce_eager": False, "tensor_parallel_size": 1}
+    return ["--" + n.replace("_", "-") for n in ENGINE_PARAMS[1:] if args[n] != defaults.get(n)]
+
+
+def check_one_gpu_path(args: dict, devices: int, several_methods: bool = False) -> str | None:
+    """The engine named by --engine, or None for this project's (the command's own path). The engines shard
+    with tensor parallelism, not this project's layer split; several methods compare on this engine only."""
+    name = engine_name(args["engine"])
+    if name == DEFAULT_ENGINE:
+        return None
+    if devices > 1:
+        raise SpecMemoError(f"--engine {name} models one GPU per tensor-parallel rank, not --devices {devices}",
+                            f"use --tensor-parallel-size {devices}; the numbers are per GPU")
+    if several_methods:
+        raise SpecMemoError(f"--engine {name} takes one draft method", "give one --draft-method")
+    return name
+
+
+def engine_min_budget(args: dict, s, result) -> dict | None:
+    """min-budget --engine: the smallest GPU on which the engine starts the plan at the k min-budget chose
+    (the smallest that pays: the engine's memory grows with k too); None for this project's engine."""
+    from ..engine_budget import min_device_memory
+
+    name = check_one_gpu_path(args, s.devices)
+    if name is None:
+        return None
+    tree = result.tree
+    knobs = replace(s.knobs, draft_length=result.draft_length, tree_depth=None if tree.is_chain else tree.depth,
+                    tree_topk=None if tree.is_chain else tree.topk)
+    profile = s.profile
+    options = engine_flags(args, profile.runtime_overhead_bytes if profile else None, profile.name if profile else "")
+    found = min_device_memory(name, s.target, s.draft, knobs, options, args["tensor_parallel_size"])
+    return dict(found.as_dict(), startup_log=list(startup_log(found.memory)))
+
+
+def plan_engine_prediction(args: dict, s, p) -> dict | None:
+    """plan --engine: the engine's prediction for the plan `p` (EngineMemory.as_dict()), recorded in
+    p.provenance["engine_prediction"] and returned; one line refuses a plan the engine would not start.
+    vLLM and llama.cpp run with the settings `export` writes for the plan (so export prints the same numbers),
+    SGLang and transformers with the flags given, on the plan's device."""
+    from ..engine_budget import refusal
+
+    name = check_one_gpu_path(args, s.devices)
+    if name is None:
+        return None
+    total = p.device.total_memory_bytes
+    if name in ("vllm", "llama.cpp"):
+        from ..export import export_plan
+        from ..export.startup import engine_options_for  # the settings -> EngineOptions mapping export's prediction uses
+
+        extra = given_flags(args)
+        if extra:
+            raise SpecMemoError(f"plan --engine {name} predicts with the settings `export --to {name}` writes for "
+                                f"the plan, not {', '.join(extra)}", f"drop {', '.join(extra)}")
+        options = engine_options_for(export_plan(p, name), p)
+    else:
+        profile = s.profile
+        options = engine_flags(args, profile.runtime_overhead_bytes if profile else None, p.device.name)
+    memory, why = refusal(name, s.target, s.draft, p.knobs, options, total, args["tensor_parallel_size"])
+    if why is not None:
+        raise SpecMemoError(f"{memory.version} would not start this plan: {why}",
+                            "lower --budget, --batch or --context, or see `specmemo-plan fit --engine`")
+    p.provenance["engine_prediction"] = memory.as_dict()
+    return p.provenance["engine_prediction"]

@@ -16,7 +16,8 @@ from .facts import ExportResult
 _MODELLED = {"vllm": "vllm", "llama.cpp": "llama.cpp"}
 
 
-def _options(result: ExportResult, plan: Plan) -> EngineOptions:
+def engine_options_for(result: ExportResult, plan: Plan) -> EngineOptions:
+    """The engine flags an export wrote, as EngineOptions (plan --engine predicts with these too)."""
     s = result.settings
     overhead = plan.per_device[0].memory.components["runtime_overhead"] if plan.per_device else 0
     common = dict(cuda_context_bytes=overhead or None, device_name=plan.device.name)
@@ -40,7 +41,7 @@ def with_startup(result: ExportResult, plan: Plan) -> ExportResult:
     try:
         target = load_shape(plan.target.ref)
         draft = load_shape(plan.draft.ref) if plan.draft else None
-        memory = engine_memory(engine, target, draft, plan.knobs, _options(result, plan),
+        memory = engine_memory(engine, target, draft, plan.knobs, engine_options_for(result, plan),
                                device_total_bytes=plan.device.total_memory_bytes)
     except SpecMemoError as exc:  # a setting the model cannot size: say so, keep the export
         return replace(result, notes=result.notes + [f"predicted startup: not modelled ({exc.message})"])

@@ -224,3 +224,42 @@ def engine_block(report: dict) -> str:
         lines.append(f"would NOT start: {report['refusal']}")
     lines += [f"assumed: {a}" for a in e["assumptions"]]
     return "\n" + "\n".join(lines)
+
+
+def engine_min_budget(info: dict | None) -> str:
+    """min-budget --engine: the smallest GPU the engine starts the plan on, what was bisected, its startup."""
+    if not info:
+        return ""
+    e = info["engine_memory"]
+    pairs = [[f"smallest GPU for {info['engine']}", describe_bytes(info["min_device_memory_bytes"])]]
+    if info["engine_budget_bytes"] is not None:
+        pairs.append([f"{info['engine']}'s budget there", describe_bytes(info["engine_budget_bytes"])])
+    if e.get("kv_cache_tokens") is not None:
+        pairs.append(["KV cache tokens", f"{e['kv_cache_tokens']:,} (max concurrency {e['max_concurrency']:.2f}x)"])
+    step = "1 MiB" if info["step_bytes"] == 2**20 else f"{info['step_bytes']:,} B"
+    pairs += [["bisected", info["bisected"]], [f"{step} less", info["one_step_less"] or "-"]]
+    lines = ["", f"as {info['version']} starts it, per GPU:", key_values(pairs)]
+    lines += [f"startup: {line}" for line in info["startup_log"]] + [f"assumed: {a}" for a in e["assumptions"]]
+    return "\n" + "\n".join(lines)
+
+
+def engine_prediction(e: dict | None) -> str:
+    """plan --engine: the engine's prediction the plan records (provenance.engine_prediction)."""
+    if not e:
+        return ""
+    parts = [f"peak {gib(e['total_bytes'])} GiB per GPU"]
+    if e.get("kv_cache_tokens") is not None:
+        parts.append(f"KV cache tokens {e['kv_cache_tokens']:,}, max concurrency {e['max_concurrency']:.2f}x")
+    return f"\n{e['version']} starts this plan: " + "; ".join(parts) + " (in the plan's provenance.engine_prediction)"
+
+
+def compare_engine(verdicts) -> str:
+    """compare --engine: whether each device's best configuration starts on the engine, and its pool."""
+    rows = [[v.profile, "-" if v.engine_starts is None else "yes" if v.engine_starts else "no",
+             f"{v.engine_kv_cache_tokens:,}" if v.engine_kv_cache_tokens is not None else "-",
+             f"{v.engine_max_concurrency:.2f}x" if v.engine_max_concurrency is not None else "-",
+             v.engine_refusal or ""] for v in verdicts if v.engine]
+    if not rows:
+        return ""
+    head = next(v.engine for v in verdicts if v.engine)
+    return "\n\n" + table(rows, ["device", f"{head} starts", "KV cache tokens", "max concurrency", "why not"])
