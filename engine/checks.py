@@ -25,7 +25,7 @@ from .placement import check_devices
 STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
-ENGINE_DRAFT_METHODS = ("draft-model", "none")  # specmemo_plan/drafting/methods.py names the others
+ENGINE_DRAFT_METHODS = ("draft-model", "ngram", "none")  # specmemo_plan/drafting/methods.py names the others
 # The bundled profile every CPU matches (hardware/matching.py): a plan made `--profile cpu` names no machine,
 # so its identity cannot be checked, only its memory.
 GENERIC_CPU_PROFILE = "cpu"
@@ -40,8 +40,8 @@ def check_supported(plan: Plan) -> None:
     knobs = plan.knobs
     method = knobs.method(plan.draft is not None)
     if method not in ENGINE_DRAFT_METHODS:
-        raise refuse("knobs.draft_method", f"the engine runs draft-model chains and plain decoding, not {method}",
-                     "export the plan to an engine that runs it (specmemo-plan export), or plan a draft model")
+        raise refuse("knobs.draft_method", f"the engine runs draft-model and n-gram chains and plain decoding, not {method}",
+                     "export the plan to an engine that runs it (specmemo-plan export), or plan a draft model or ngram")
     if not knobs.tree.is_chain:
         raise refuse("knobs.tree_topk", f"the engine verifies chains, not token trees (top-k {knobs.tree.topk})",
                      "plan a chain (drop --tree-topk)")

@@ -31,6 +31,7 @@ from .cache import allocate_caches
 from .checks import STATIC_COMPONENTS, check_model_type, check_prediction, check_supported, refuse, resolve_device
 from .forward import Decoder
 from .loading import LoadedModel, load_model
+from .ngram import ngram_step, target_decoder
 from .placement import layer_devices, load_split
 from .results import Output, Result, Row, Stats
 from .speculative import Sampler, speculative_step
@@ -92,9 +93,11 @@ class Engine:
             layer_devices(self.target_model.model, t_shape.num_layers) if split else None,
             layer_devices(self.draft_model.model, d_shape.num_layers) if split and self.draft_model else None,
         )
-        self.target = Decoder(self.target_model.model, self.target_cache)
+        # n-gram drafting: proposals from the rows' own tokens (engine/ngram.py), fp32 verify logits
+        self.ngram = knobs.method(plan.draft is not None) == "ngram"
+        self.target = target_decoder(self.target_model.model, self.target_cache, self.buffers.target_logits.dtype)
         self.draft = Decoder(self.draft_model.model, self.draft_cache) if self.draft_model is not None else None
-        self.k = knobs.draft_length if self.draft is not None else 0
+        self.k = knobs.draft_length if self.draft is not None or self.ngram else 0
         gen = plan.generation
         self.sampler = Sampler(gen.sampling, gen.temperature, gen.seed, self.device)
 
@@ -213,10 +216,15 @@ class Engine:
                 lens = [len(r.tokens) for r in rows]
                 lengths[:B].copy_(torch.tensor(lens))
                 if self.k:
-                    # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
-                    c = max(n - r.draft_valid for r, n in zip(rows, lens))
-                    last = torch.tensor([r.tokens[-c:] for r in rows], device=self.device)
-                    out = speculative_step(self.target, self.draft, self.buffers, last, lens, self.sampler, self._sync)
+                    if self.ngram:
+                        out = ngram_step(self.target, self.buffers, [r.tokens for r in rows], lens, self.sampler,
+                                         self.k, self._sync)
+                    else:
+                        # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
+                        c = max(n - r.draft_valid for r, n in zip(rows, lens))
+                        last = torch.tensor([r.tokens[-c:] for r in rows], device=self.device)
+                        out = speculative_step(self.target, self.draft, self.buffers, last, lens, self.sampler,
+                                               self._sync)
                     stats.draft_s += out.draft_s
                     stats.verify_s += out.verify_s
                     stats.accept_s += out.accept_s
@@ -229,7 +237,7 @@ class Engine:
                         continue
                     stats.accepted_histogram[n] += 1
                     row.target_valid = length + n  # positions 0 .. L-1+n hold committed tokens
-                    row.draft_valid = length + min(n, self.k - 1) if self.k else 0  # d_k is never fed
+                    row.draft_valid = length + min(n, self.k - 1) if self.draft is not None else 0  # d_k never fed
                     row.commit(new[: n + 1], self.eos_ids, ignore_eos)
             self._sync()
         stats.total_s = time.perf_counter() - t0

@@ -72,6 +72,31 @@ class Sampler:
         residual = torch.where(empty, p_n, residual)
         return accepted, torch.multinomial(residual, 1, generator=self.generator).squeeze(1)
 
+    def accept_proposals(self, drafts: torch.Tensor, counts: torch.Tensor, target_logits: torch.Tensor):
+        """`accept` for deterministic proposals (n-gram: q = one-hot at d_i): row b proposes
+        drafts[b, : counts[b]] (the rest is padding, never accepted). Sampling accepts d_i with
+        probability min(1, p_i(d_i) / 1) and resamples a rejection from norm(max(0, p_i - q_i)),
+        which is p_i with d_i removed; after the last proposal the bonus is sampled from p itself."""
+        B, T = drafts.shape
+        proposed = torch.arange(T, device=drafts.device) < counts.unsqueeze(1)  # [B, T]
+        if self.greedy:
+            best = target_logits.argmax(-1)  # [B, T+1]
+            accepted = ((drafts == best[:, :T]) & proposed).cumprod(1).sum(1)
+            return accepted, best.gather(1, accepted.unsqueeze(1)).squeeze(1)
+        p = self.to_probs_(target_logits)
+        rows = torch.arange(B, device=drafts.device)
+        r = torch.rand((B, T), generator=self.generator, device=drafts.device)
+        p_d = p[:, :T].gather(2, drafts.unsqueeze(2)).squeeze(2).float()
+        accepted = ((r < p_d) & proposed).cumprod(1).sum(1)
+        p_n = p[rows, accepted].float()  # [B, V]: p at the first rejected proposal, or after the last
+        if T:
+            rejected = accepted < counts  # a proposal was rejected here: remove its token
+            d_n = drafts[rows, accepted.clamp(max=T - 1)]
+            p_n[rows, d_n] = p_n[rows, d_n] * ~rejected
+        empty = p_n.sum(1, keepdim=True) <= 0  # cannot happen (p(d) = 1 is always accepted): then p
+        p_n = torch.where(empty, p[rows, accepted].float(), p_n)
+        return accepted, torch.multinomial(p_n, 1, generator=self.generator).squeeze(1)
+
 
 @dataclass
 class StepOutput:

@@ -310,7 +310,7 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
     sd = run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens)
     at_run = _predict_at_run(plan, measured, sd.stats) if measured is not None else None
     plain = None
-    if compare_plain and plan.draft is not None:
+    if compare_plain and plan.knobs.method(plan.draft is not None) != "none":  # n-gram plans have no draft model
         plain = run_prompts(_plain_plan(plan), target, None, torch_device, prompts, max_new_tokens)
     return VerifyReport(
         prompts=len(prompts), distinct_prompts=len(set(prompts)), max_new_tokens=max_new_tokens, engine=sd,
