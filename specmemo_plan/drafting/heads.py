@@ -112,16 +112,21 @@ def _shape(method: str, ref: str, target: ModelShape, parts: dict, **fields) -> 
     return ModelShape(**base)
 
 
+def _llama_dims(cfg: dict, where: str) -> tuple[int, ...]:
+    """(hidden, vocab, heads, layers, KV heads, head_dim, MLP width) of an EAGLE head's Llama-style config
+    (layers default 1, KV heads the heads, head_dim hidden / heads, as LlamaConfig has them)."""
+    H, V = _int(cfg, "hidden_size", where), _int(cfg, "vocab_size", where)
+    heads, layers = _int(cfg, "num_attention_heads", where), _int(cfg, "num_hidden_layers", where, 1)
+    kv = _int(cfg, "num_key_value_heads", where, heads)
+    return H, V, heads, layers, kv, _int(cfg, "head_dim", where, H // heads), _int(cfg, "intermediate_size", where)
+
+
 def eagle3_shape(cfg: dict, ref: str, target: ModelShape, embedding: str) -> ModelShape:
     """EAGLE-3: fc 3H_t -> H; layer 0 with 2H-wide q/k/v, layers > 0 H-wide (vLLM); norms hidden_norm,
     input_layernorm, post_attention_layernorm per layer and a final norm; lm_head H -> V_d; embedding V x H
     when copied. The d2t (int64 [V_d]) and t2d (bool [V]) maps are buffers (drafting/buffers.py)."""
     where = f"EAGLE-3 head {ref}"
-    H, V = _int(cfg, "hidden_size", where), _int(cfg, "vocab_size", where)
-    heads, layers = _int(cfg, "num_attention_heads", where), _int(cfg, "num_hidden_layers", where, 1)
-    kv = _int(cfg, "num_key_value_heads", where, heads)
-    d = _int(cfg, "head_dim", where, H // heads)
-    I = _int(cfg, "intermediate_size", where)
+    H, V, heads, layers, kv, d, I = _llama_dims(cfg, where)
     V_d = _int(cfg, "draft_vocab_size", where, V)
     H_t = _int(cfg, "target_hidden_size", where, target.hidden_size)
     _check_target(where, target, H_t, V)
@@ -140,11 +145,7 @@ def eagle_shape(cfg: dict, ref: str, target: ModelShape, embedding: str) -> Mode
     """EAGLE-1/2: fc 2H -> H (+bias), N_d Llama layers whose first has no input_layernorm (cnets1.py),
     the target's lm_head (vocab V, not held), its own embedding copy only when copied."""
     where = f"EAGLE head {ref}"
-    H, V = _int(cfg, "hidden_size", where), _int(cfg, "vocab_size", where)
-    heads, layers = _int(cfg, "num_attention_heads", where), _int(cfg, "num_hidden_layers", where, 1)
-    kv = _int(cfg, "num_key_value_heads", where, heads)
-    d = _int(cfg, "head_dim", where, H // heads)
-    I = _int(cfg, "intermediate_size", where)
+    H, V, heads, layers, kv, d, I = _llama_dims(cfg, where)
     _check_target(where, target, H, V)
     layer_params = [attention_params(H, H, heads, kv, d) + mlp_params(H, I) + (1 if i == 0 else 2) * H
                     for i in range(layers)]
