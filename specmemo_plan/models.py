@@ -232,7 +232,7 @@ def _shape_from_path(path: Path) -> ModelShape:
         header = checkpoints.read_gguf(path)
         cfg = checkpoints.config_from_gguf(header, path.name)
         shape = shape_from_config(cfg, name=str(path), source=str(path), has_real_weights=True)
-        return _with_stored(shape, checkpoints.read_gguf_model(path).summary())
+        return _with_stored(shape, checkpoints.read_gguf_model(path, header).summary())
     return shape_from_config(_read_json(path), name=str(path), source=f"config:{path}")
 
 

@@ -241,11 +241,12 @@ def split_paths(path: Path, header: GGUFHeader) -> list[Path]:
     return paths
 
 
-def read_gguf_model(path: str | Path) -> CheckpointWeights:
+def read_gguf_model(path: str | Path, first: GGUFHeader | None = None) -> CheckpointWeights:
     """Exact stored weights of a GGUF model (every split of a split file). ggml blocks store
-    logical values, so the element count is the parameter count of the tensors in the file."""
+    logical values, so the element count is the parameter count of the tensors in the file.
+    `first`: the header of `path` when the caller has already read it (it is not read again)."""
     path = Path(path)
-    first = read_gguf(path)
+    first = first or read_gguf(path)
     paths = split_paths(path, first)
     headers = [first if p == path else read_gguf(p) for p in paths]
     tensors = tuple(TensorInfo(t.name, t.ggml_type, t.shape, t.nbytes) for h in headers for t in h.tensors)
