@@ -173,6 +173,22 @@ class StaticKVCache:
             k, v = k.to(key_states.dtype), v.to(value_states.dtype)
         return k, v
 
+    def move(self, rows: list[int], src: list[list[int]], dst: list[list[int]]) -> None:
+        """K/V of slots src[i][j] copied to dst[i][j] of row rows[i], in every layer: a token tree's
+        accepted path to the row's contiguous positions (engine/tree.py). Full-attention layers only
+        (slot == position); all sources are read before any destination is written."""
+        if any(self._ring):
+            raise RuntimeError("moving K/V between slots of a ring (window) layer is not supported")
+        pairs = [(r, s, d) for r, ss, dd in zip(rows, src, dst) for s, d in zip(ss, dd) if s != d]
+        if not pairs:
+            return
+        index = torch.tensor(pairs, dtype=torch.long).t()  # [3, P]: row, source slot, destination slot
+        on: dict = {}  # the index on each layer's device (a multi-device plan)
+        for keys, values in zip(self.keys, self.values):
+            r, s, d = on.setdefault(keys.device, index.to(keys.device))
+            keys[r, :, d] = keys[r, :, s]  # advanced indexing reads a copy first: overlaps are safe
+            values[r, :, d] = values[r, :, s]
+
     # transformers calls these only when position_ids or a 2D mask are missing; we pass both.
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._read

@@ -25,7 +25,8 @@ from .placement import check_devices
 STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv", "candidate_buffers")
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
-ENGINE_DRAFT_METHODS = ("draft-model", "ngram", "none")  # specmemo_plan/drafting/methods.py names the others
+ENGINE_DRAFT_METHODS = ("draft-model", "eagle", "ngram", "none")  # specmemo_plan/drafting/methods.py names the others
+TREE_METHODS = ("ngram",)  # engine/tree.py verifies any tree; n-gram drafting proposes them (engine/ngram.py)
 # The bundled profile every CPU matches (hardware/matching.py): a plan made `--profile cpu` names no machine,
 # so its identity cannot be checked, only its memory.
 GENERIC_CPU_PROFILE = "cpu"
@@ -40,11 +41,15 @@ def check_supported(plan: Plan) -> None:
     knobs = plan.knobs
     method = knobs.method(plan.draft is not None)
     if method not in ENGINE_DRAFT_METHODS:
-        raise refuse("knobs.draft_method", f"the engine runs draft-model and n-gram chains and plain decoding, not {method}",
-                     "export the plan to an engine that runs it (specmemo-plan export), or plan a draft model or ngram")
-    if not knobs.tree.is_chain:
-        raise refuse("knobs.tree_topk", f"the engine verifies chains, not token trees (top-k {knobs.tree.topk})",
-                     "plan a chain (drop --tree-topk)")
+        raise refuse("knobs.draft_method", f"the engine runs draft-model, EAGLE-head and n-gram drafting and plain "
+                     f"decoding, not {method}", "export the plan to an engine that runs it (specmemo-plan export), "
+                     "or plan a draft model, an eagle head or ngram")
+    if not knobs.tree.is_chain and method not in TREE_METHODS:
+        raise refuse("knobs.tree_topk", f"the engine verifies token trees for {', '.join(TREE_METHODS)} drafting, not "
+                     f"{method} (top-k {knobs.tree.topk})", "plan a chain (drop --tree-topk)")
+    if method == "eagle" and knobs.embedding_policy != "shared":
+        raise refuse("knobs.head_embedding", "the engine's EAGLE head reads the target's embedding, it holds no copy",
+                     "plan the head with --head-embedding shared")
     if knobs.weight_dtype not in ENGINE_WEIGHT_DTYPES:
         raise refuse("knobs.weight_dtype", f"the engine runs fp32, fp16 or bf16 weights, not {knobs.weight_dtype}",
                      "plan with --dtype fp16, or export the plan to an engine that runs quantised weights")

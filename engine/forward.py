@@ -45,6 +45,7 @@ class Decoder:
     def forward(
         self, input_ids: torch.Tensor, starts: list[int], mask: torch.Tensor, start_tensor: torch.Tensor | None = None,
         window_mask: torch.Tensor | None = None, real: list[int] | None = None,
+        positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states [B, n, H] of `input_ids` [B, n] placed at positions starts[b] + j.
 
@@ -52,14 +53,25 @@ class Decoder:
         for the full layers (or the window layers of a model that has only those); `window_mask` the
         same for the window layers of a model with both. `start_tensor` is `starts` already on the
         device (the speculative step computes it there). `real[b]`: row b's tokens that are not
-        padding (a prefill pads short rows; window layers must not store the padding)."""
+        padding (a prefill pads short rows; window layers must not store the padding).
+
+        A token tree (engine/tree.py) still writes token j to slot starts[b] + j, but gives its
+        `positions` [B, n] (by depth) and its filled `tree_mask` [B, 1, n, R] explicitly; full-attention
+        caches only (a ring's slot is its position)."""
         n = input_ids.shape[1]
         if start_tensor is None:
             start_tensor = torch.tensor(starts, dtype=torch.long, device=self.device)
-        positions = start_tensor.unsqueeze(1) + torch.arange(n, device=self.device)
+        if positions is None:
+            positions = start_tensor.unsqueeze(1) + torch.arange(n, device=self.device)
         cache = self.cache
         cache.set_write(starts, n, real)
-        if cache.uniform_full:  # one full-attention mask: the common path, unchanged
+        if tree_mask is not None:
+            if not cache.uniform_full:
+                from .tree import check_tree_cache
+
+                check_tree_cache(cache)
+            attention = tree_mask
+        elif cache.uniform_full:  # one full-attention mask: the common path, unchanged
             read = cache.read_length
             attention = mask[: input_ids.shape[0], :, :n, :read]
             torch.le(torch.arange(read, device=self.device), positions[:, None, :, None], out=attention)

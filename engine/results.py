@@ -109,6 +109,7 @@ class Row:
     stop_reason: str = "max_new_tokens"
     target_valid: int = 0  # leading positions whose K/V in the target cache match `tokens`
     draft_valid: int = 0
+    pending: int = 1  # EAGLE head: target hidden states not yet fed to the head (engine/eagle.py)
 
     @property
     def new(self) -> list[int]:

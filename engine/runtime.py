@@ -28,13 +28,15 @@ from specmemo_plan.plan import Plan, read_plan
 
 from . import memory_probe
 from .cache import allocate_caches
+from .eagle import HeadDrafter, eagle_step, head_shape_of, load_plan_head
 from .checks import STATIC_COMPONENTS, check_model_type, check_prediction, check_supported, refuse, resolve_device
 from .forward import Decoder
 from .loading import LoadedModel, load_model
-from .ngram import ngram_step, target_decoder
+from .ngram import ngram_step, ngram_tree_step, target_decoder
 from .placement import layer_devices, load_split
 from .results import Output, Result, Row, Stats
 from .speculative import Sampler, speculative_step
+from .tree import check_tree_cache
 from .tokens import engine_tokenizer, eos_ids, prompt_ids
 
 # ----------------------------------------------------------------------------- engine
@@ -55,12 +57,15 @@ class Engine:
         check_supported(plan)
         t_shape = target.shape if target is not None else load_shape(plan.target.ref)
         d_shape = None
+        self.method = knobs.method(plan.draft is not None)
+        eagle = self.method == "eagle"  # an EAGLE head drafts from the target's hidden states (engine/eagle.py)
         if plan.draft is not None:
-            d_shape = draft.shape if draft is not None else load_shape(plan.draft.ref)
+            d_shape = draft.shape if draft is not None else (head_shape_of(plan, t_shape) if eagle else
+                                                               load_shape(plan.draft.ref))
         # fingerprints, and the prediction recomputed from the knobs: refused when the plan's differs,
         # reported against afterwards
         self.predicted_memory = check_prediction(plan, t_shape, d_shape)
-        for role, shape in (("target", t_shape), ("draft", d_shape)):
+        for role, shape in (("target", t_shape), ("draft", None if eagle else d_shape)):
             if shape is not None:
                 check_model_type(role, shape)  # windows: engine.cache keeps window layers as ring buffers
         # what is still to allocate, against the memory free now (one device: a split plan's shares differ)
@@ -76,7 +81,8 @@ class Engine:
                                        load_model(plan.target.ref, knobs.weight_dtype, self.device, seed))
         self.draft_model = None
         if plan.draft is not None:
-            self.draft_model = draft or (load_split(plan, "draft", seed + 1) if split else
+            self.draft_model = draft or (load_plan_head(plan, d_shape, self.device, seed + 1) if eagle else
+                                         load_split(plan, "draft", seed + 1) if split else
                                          load_model(plan.draft.ref, knobs.draft_dtype, self.device, seed + 1))
         if self.device.type == "cpu":  # weights loaded from safetensors are mmapped: page them in now,
             for loaded in (self.target_model, self.draft_model):  # so generation's measured peak is not weights
@@ -94,10 +100,18 @@ class Engine:
             layer_devices(self.draft_model.model, d_shape.num_layers) if split and self.draft_model else None,
         )
         # n-gram drafting: proposals from the rows' own tokens (engine/ngram.py), fp32 verify logits
-        self.ngram = knobs.method(plan.draft is not None) == "ngram"
+        self.ngram = self.method == "ngram"
         self.target = target_decoder(self.target_model.model, self.target_cache, self.buffers.target_logits.dtype)
-        self.draft = Decoder(self.draft_model.model, self.draft_cache) if self.draft_model is not None else None
-        self.k = knobs.draft_length if self.draft is not None or self.ngram else 0
+        self.draft = self.head = None
+        if eagle:
+            self.head = HeadDrafter(self.draft_model.model, self.target, self.draft_cache,
+                                    self.buffers.tensors.get("draft_d2t"))
+        elif self.draft_model is not None:
+            self.draft = Decoder(self.draft_model.model, self.draft_cache)
+        self.k = knobs.draft_length if self.draft is not None or self.head is not None or self.ngram else 0
+        self.tree = knobs.tree if self.k and not knobs.tree.is_chain else None  # n-gram trees (engine/tree.py)
+        if self.tree is not None:
+            check_tree_cache(self.target_cache)
         gen = plan.generation
         self.sampler = Sampler(gen.sampling, gen.temperature, gen.seed, self.device)
 
@@ -198,7 +212,7 @@ class Engine:
     def _run(self, prompts: list[list[int]], t_starts: list[int], d_starts: list[int], max_new: int,
              ignore_eos: bool = False) -> Result:
         """Prefill each row from its first uncached position, then speculative steps until every row stops."""
-        stats = Stats(self.k)
+        stats = Stats(self.tree.depth if self.tree is not None else self.k)  # a tree accepts at most depth
         rows = [Row(list(p), len(p), max_new) for p in prompts]
         B = len(rows)
         t0 = time.perf_counter()
@@ -217,8 +231,13 @@ class Engine:
                 lengths[:B].copy_(torch.tensor(lens))
                 if self.k:
                     if self.ngram:
-                        out = ngram_step(self.target, self.buffers, [r.tokens for r in rows], lens, self.sampler,
-                                         self.k, self._sync)
+                        seqs = [r.tokens for r in rows]
+                        out = (ngram_tree_step(self.target, self.buffers, seqs, lens, self.sampler, self.tree, self._sync)
+                               if self.tree is not None else
+                               ngram_step(self.target, self.buffers, seqs, lens, self.sampler, self.k, self._sync))
+                    elif self.head is not None:  # pending pairs: the last step's accepted + 1 (1 after a prefill)
+                        out = eagle_step(self.target, self.head, self.buffers, [r.tokens for r in rows],
+                                         [r.pending for r in rows], lens, self.sampler, self._sync)
                     else:
                         # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
                         c = max(n - r.draft_valid for r, n in zip(rows, lens))
@@ -239,6 +258,8 @@ class Engine:
                     row.target_valid = length + n  # positions 0 .. L-1+n hold committed tokens
                     row.draft_valid = length + min(n, self.k - 1) if self.draft is not None else 0  # d_k never fed
                     row.commit(new[: n + 1], self.eos_ids, ignore_eos)
+                    if self.head is not None:  # true pairs up to L-2; the verify's n + 1 are pending
+                        row.draft_valid, row.pending = length - 1, min(n + 1, len(row.tokens) - length)
             self._sync()
         stats.total_s = time.perf_counter() - t0
         stats.new_tokens = sum(len(r.new) for r in rows)
@@ -270,7 +291,9 @@ class Engine:
         # a window layer's ring may no longer hold the window before a reused prefix: prefill that row again
         t_starts[:] = [self.target_cache.reusable_start(b, min(s, len(seq) - 1))
                        for b, (s, seq) in enumerate(zip(t_starts, seqs))]
-        self._prefill_model(self.target, seqs, t_starts, scratch)
+        if self.head is not None:  # the head reads the target's hidden states: both start where both hold
+            t_starts[:] = d_starts[:] = [min(t, d) for t, d in zip(t_starts, d_starts)]
+        self._prefill_model(self.target, seqs, t_starts, scratch, self._feed_head if self.head else None)
         for row, start in zip(rows, t_starts):
             row.target_valid = len(row.tokens)
         if self.draft is not None:
@@ -282,11 +305,14 @@ class Engine:
                 self._prefill_model(self.draft, d_seqs, d_starts, None)
             for row in rows:
                 row.draft_valid = len(row.tokens)
+        for row in rows if self.head is not None else ():
+            row.draft_valid, row.pending = len(row.tokens) - 1, 1
         return self.sampler.pick(scratch).tolist()
 
-    def _prefill_model(self, dec: Decoder, seqs: list[list[int]], starts: list[int], logits_out) -> None:
+    def _prefill_model(self, dec: Decoder, seqs: list[list[int]], starts: list[int], logits_out, on_chunk=None) -> None:
         """Chunks of knobs.chunk tokens per row; rows that run out are padded with their last token
-        (right padding: those slots lie beyond the row's length and are rewritten before use)."""
+        (right padding: those slots lie beyond the row's length and are rewritten before use).
+        `on_chunk(seqs, pos, hidden, mask)`: called with each chunk's hidden states (the EAGLE head's prefill)."""
         chunk = self.plan.knobs.chunk
         todo = max(len(seq) - s for seq, s in zip(seqs, starts))
         for offset in range(0, todo, chunk):
@@ -297,12 +323,24 @@ class Engine:
             mask = torch.empty((len(seqs), 1, n, read), dtype=torch.bool, device=self.device)
             real = [max(0, min(n, len(seq) - p)) for seq, p in zip(seqs, pos)]  # padding is not stored in rings
             hidden = dec.forward(torch.tensor(ids, device=self.device), pos, mask, real=real)
+            if on_chunk is not None:
+                on_chunk(seqs, pos, hidden, mask)
             if logits_out is None:
                 continue
             for b, (seq, p) in enumerate(zip(seqs, pos)):
                 last = len(seq) - 1 - p
                 if 0 <= last < n:
                     dec.logits(hidden[b, last], out=logits_out[b])
+
+    def _feed_head(self, seqs: list[list[int]], pos: list[int], hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """The head over a prefill chunk's pairs (h_p, x_{p+1}); the pair at each row's last prompt
+        position waits in draft_hidden_states[b, 0] for the first new token (engine/eagle.py)."""
+        n = hidden.shape[1]
+        ids = [[seq[min(p + j + 1, len(seq) - 1)] for j in range(n)] for seq, p in zip(seqs, pos)]
+        self.head.forward(torch.tensor(ids, device=self.device), hidden, pos, torch.tensor(pos, device=self.device), mask)
+        for b, (seq, p) in enumerate(zip(seqs, pos)):
+            if 0 <= len(seq) - 1 - p < n:
+                self.buffers.draft_hidden_states[b, 0].copy_(hidden[b, len(seq) - 1 - p])
 
     # ------------------------------------------------------------------ memory
 

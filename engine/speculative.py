@@ -50,9 +50,11 @@ class Sampler:
         probs = self.to_probs_(logits)
         return torch.multinomial(probs.float(), 1, generator=self.generator).squeeze(1)
 
-    def accept(self, drafts: torch.Tensor, q: torch.Tensor, target_logits: torch.Tensor):
+    def accept(self, drafts: torch.Tensor, q: torch.Tensor, target_logits: torch.Tensor,
+               q_ids: torch.Tensor | None = None, d2t: torch.Tensor | None = None):
         """(accepted [B] in 0..k, bonus [B]) from drafts [B, k], the draft's q [B, k, V] and the
-        target's logits [B, k+1, V]."""
+        target's logits [B, k+1, V]. A head over a trimmed vocabulary: q [B, k, V_d], `q_ids` the
+        drafts as its ids, `d2t` [V_d] its ids in the target's (tokens outside have q = 0)."""
         B, k = drafts.shape
         if self.greedy:
             best = target_logits.argmax(-1)  # [B, k+1]
@@ -60,14 +62,14 @@ class Sampler:
             return accepted, best.gather(1, accepted.unsqueeze(1)).squeeze(1)
         p = self.to_probs_(target_logits)
         p_d = p[:, :k].gather(2, drafts.unsqueeze(2)).squeeze(2).float()
-        q_d = q.gather(2, drafts.unsqueeze(2)).squeeze(2).float()
+        q_d = q.gather(2, (drafts if q_ids is None else q_ids).unsqueeze(2)).squeeze(2).float()
         r = torch.rand((B, k), generator=self.generator, device=drafts.device)
         accepted = (r * q_d < p_d).cumprod(1).sum(1)  # r < p/q without dividing; q(d) > 0 as d ~ q
         rows = torch.arange(B, device=drafts.device)
         p_n = p[rows, accepted].float()  # [B, V]: p at the first rejected draft, or p_{k+1}
         rejected = (accepted < k).unsqueeze(1)
         q_n = q[rows, accepted.clamp(max=k - 1)].float() * rejected  # no q after the last draft
-        residual = (p_n - q_n).clamp_(min=0)
+        residual = (p_n - q_n if d2t is None else p_n.index_add(1, d2t, q_n, alpha=-1)).clamp_(min=0)
         empty = residual.sum(1, keepdim=True) <= 0  # p == q up to rounding: then p itself
         residual = torch.where(empty, p_n, residual)
         return accepted, torch.multinomial(residual, 1, generator=self.generator).squeeze(1)

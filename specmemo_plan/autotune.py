@@ -26,6 +26,7 @@ from .models import ModelShape
 from .throughput import DEFAULT_ACCEPTANCE, MAX_DRAFT_LENGTH, SpeedPrediction, predict_speed
 
 MEASURED_PROFILE_VERSION = 1
+SEARCH_CHUNKS = (64, 128, 256, 512, 1024, 2048)  # prefill chunks the search tries (capped at the context)
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,38 @@ class MeasuredProfile:
     target_fit: dict  # LatencyFit dict
     draft_fit: dict | None
     acceptance_histogram: list | None  # steps (counts or shares) accepting i drafts, i = 0..k_max
-    acceptance_source: str  # measured | given
+    acceptance_source: str  # measured | given | none
     notes: dict = field(default_factory=dict)
     version: int = MEASURED_PROFILE_VERSION
+    # the method measured (drafting/methods.py): the drafter is `draft` (a draft model, a head's config, the
+    # target for MTP) or nothing (n-gram: no draft forward, only its acceptance histogram). None: draft-model
+    # with a draft, none without, as the files written before the field (still version 1) mean
+    draft_method: str | None = None
+
+    def __post_init__(self):
+        from .drafting.methods import effective_method
+
+        object.__setattr__(self, "draft_method", effective_method(self.draft_method, self.draft is not None))
+
+    @property
+    def head_embedding(self) -> str | None:
+        """A head's embedding policy as profiled (the draft's `head_embedding`; None: shared)."""
+        return (self.draft or {}).get("head_embedding")
+
+    def shapes(self) -> tuple[ModelShape, ModelShape | None]:
+        """(target, drafter) rebuilt from the references as `draft_method` reads them (a head from its config,
+        MTP from the target, n-gram: None), refused when they are not what was timed any more."""
+        from .drafting.resolve import resolve_draft
+        from .models import load_shape
+
+        target = load_shape(self.target["ref"])
+        ref = self.draft["ref"] if self.draft else None
+        _, drafter, _ = resolve_draft(self.target["ref"], target, ref, self.draft_method, self.head_embedding)
+        for role, shape, timed in (("target", target, self.target), ("draft", drafter, self.draft)):
+            if shape is not None and shape.fingerprint != timed["fingerprint"]:
+                raise SpecMemoError(f"the measured profile's {role} is not {timed['ref']} any more",
+                                    "run `specmemo-plan profile` again")
+        return target, drafter
 
     @property
     def runtime_overhead_bytes(self) -> int:
@@ -235,7 +265,7 @@ def search(
     histogram: Sequence[float] | None = None,
     k_max: int = MAX_DRAFT_LENGTH,
     max_batch: int = 64,
-    chunks: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+    chunks: Sequence[int] = SEARCH_CHUNKS,
     retain: float | None = None,
     device_overhead_bytes: int = 0,
     new_tokens: int | None = None,
@@ -245,25 +275,32 @@ def search(
     first batch that does not fit. Among equal throughput the smaller memory wins (the plan is then
     on the frontier it prints), then the larger prefill chunk; with `retain`, the smallest memory
     keeping that share wins.
-    `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted."""
+    `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted.
+    The draft method is `base.draft_method` (drafting/methods.py): n-gram drafts without a `draft`, Medusa
+    at most one token per head. Chains only (top-k 1): `base`'s tree fields are not searched."""
+    method = base.method(draft is not None)
+    drafts = draft is not None or method == "ngram"
+    base = replace(base, tree_depth=None, tree_topk=None)
     if histogram is not None:
         k_max = min(k_max, len(histogram) - 1)
+    if method == "medusa":
+        k_max = min(k_max, len(draft.layer_params))  # one token per head (drafting.resolve.medusa_heads)
     speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else DEFAULT_ACCEPTANCE}
     speed_kwargs["new_tokens"] = new_tokens
     chunk_values = sorted({min(c, base.max_context) for c in chunks})
     candidates: list[Candidate] = []
     evaluated = 0
-    for k in range(0, k_max + 1 if draft is not None else 1):
+    for k in range(0, k_max + 1 if drafts else 1):
         d = draft if k > 0 else None
         for chunk in chunk_values:
             for batch in _batches(max_batch):
-                knobs = replace(base if d else plain_knobs(base), draft_length=k, batch_size=batch,
+                knobs = replace(base if k > 0 else plain_knobs(base), draft_length=k, batch_size=batch,
                                 prefill_chunk=chunk)
                 memory = breakdown(target, d, knobs, device_overhead_bytes)
                 evaluated += 1
                 if memory.total_bytes > budget_bytes:
                     break
-                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if d else predict_speed(target, None, knobs, latency)
+                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if k > 0 else predict_speed(target, None, knobs, latency)
                 candidates.append(Candidate(knobs, speed, memory))
     if not candidates:
         raise SpecMemoError("nothing fits the budget, not even plain decoding at batch 1", "raise --budget or shorten --context")

@@ -3,6 +3,11 @@
 For each hardware profile: does plain decoding fit, does SD fit, the minimum budget, the best k
 and batch inside the device's memory (autotune.search over the profile's roofline, or over a
 measured profile's fitted curves), predicted tokens/s plain vs SD, and the headroom left.
+
+With several draft methods (`compare --draft-method`): per device and method (MethodVerdict), the fastest
+configuration with k >= 1 inside the device's memory (chains: k, batch), its memory, tokens/s and speedup
+over the fastest plain decoding there, and the cheapest budget at which it pays (budget.min_budget at batch
+1, trees too where the method drafts them). A measured device is weighed for the method it measured.
 """
 
 from __future__ import annotations
@@ -140,3 +145,172 @@ def with_engine(verdict: DeviceVerdict, engine: str, options, target: ModelShape
         return replace(verdict, engine_refusal=exc.message, **base)
     return replace(verdict, engine_starts=why is None, engine_kv_cache_tokens=memory.kv_cache_tokens,
                    engine_max_concurrency=memory.max_concurrency, engine_refusal=why, **base)
+
+
+# ----------------------------------------------------------------------------- several draft methods
+
+
+@dataclass(frozen=True)
+class MethodSetup:
+    """One draft method to weigh on every device: its drafter, knobs (batch cap, context, method) and acceptance."""
+
+    draft_method: str
+    draft_ref: str | None  # as a plan stores it (MTP: the target's; n-gram: None)
+    draft: ModelShape | None
+    knobs: Knobs | None
+    acceptance: float | None
+    acceptance_source: str  # given | assumed | published
+    error: str | None = None  # why the method cannot be built here (MTP on a target without MTP layers)
+
+
+@dataclass(frozen=True)
+class MethodVerdict:
+    """One method on one device: its fastest drafting configuration (k >= 1) inside the device's memory, the
+    fastest plain decoding there (both batch <= the requested batch), and its cheapest paying budget."""
+
+    draft_method: str
+    draft: str | None
+    acceptance: float | None  # per-token: given or the method's default (profiles), the histogram's (measured)
+    acceptance_source: str
+    sd_fits: bool | None  # k = 1 at batch 1 fits the device
+    draft_length: int | None
+    batch: int | None
+    total_bytes: int | None  # memory of that configuration
+    tokens_per_s: float | None
+    plain_tokens_per_s: float | None
+    speedup: float | None  # tokens_per_s / plain_tokens_per_s
+    min_budget_bytes: int | None  # budget.min_budget at batch 1 (trees too where the method drafts them)
+    min_budget_tree: dict | None
+    headroom_bytes: int | None
+    best_breakdown: dict | None
+    note: str = ""
+    draft_length_limit: int = MAX_DRAFT_LENGTH
+
+    @property
+    def pays(self) -> bool:
+        return self.speedup is not None and self.speedup > 1.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, pays=self.pays)
+
+
+@dataclass(frozen=True)
+class DeviceMethods:
+    profile: str  # profile key, or measured:NAME
+    name: str
+    memory_bytes: int
+    plain_fits: bool | None
+    methods: tuple  # MethodVerdict, in the order given
+    note: str = ""
+
+    @property
+    def best_method(self) -> str | None:
+        """The fastest method that pays on this device; None when none does."""
+        paying = [m for m in self.methods if m.pays]
+        return max(paying, key=lambda m: (m.tokens_per_s, -m.total_bytes)).draft_method if paying else None
+
+    def as_dict(self) -> dict:
+        return {"profile": self.profile, "name": self.name, "memory_bytes": self.memory_bytes,
+                "plain_fits": self.plain_fits, "best_method": self.best_method, "note": self.note,
+                "methods": [m.as_dict() for m in self.methods]}
+
+
+def _failed(setup: MethodSetup, note: str, **known) -> MethodVerdict:
+    fields = dict(draft_method=setup.draft_method, draft=setup.draft_ref, acceptance=setup.acceptance,
+                  acceptance_source=setup.acceptance_source, sd_fits=None, draft_length=None, batch=None,
+                  total_bytes=None, tokens_per_s=None, plain_tokens_per_s=None, speedup=None, min_budget_bytes=None,
+                  min_budget_tree=None, headroom_bytes=None, best_breakdown=None, note=note)
+    return MethodVerdict(**(fields | known))
+
+
+def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setup: MethodSetup, k_max: int,
+                   speed_kwargs: dict) -> MethodVerdict:
+    """One method on one device (MethodVerdict); a method that cannot be sized here is a row with the reason."""
+    if setup.error:
+        return _failed(setup, setup.error)
+    draft, method = setup.draft, setup.draft_method
+    knobs = replace(setup.knobs, tree_depth=None, tree_topk=None)
+    single = replace(knobs, batch_size=1, draft_length=0 if method == "none" else 1)
+    sd_fits = breakdown(target, draft, single, overhead).total_bytes <= memory
+    minimum = tree = None
+    note = ""
+    if method == "none":
+        note = "plain decoding (the baseline)"
+    else:
+        try:
+            mb = min_budget(target, draft, single, latency, k_max=k_max, device_overhead_bytes=overhead, **speed_kwargs)
+            minimum, tree = mb.total_bytes, mb.tree.as_dict()
+        except SpecMemoError as exc:
+            note = exc.message
+    if not _plain_fits(target, knobs, overhead, memory):
+        return _failed(setup, "the target does not fit at batch 1 with this context", sd_fits=sd_fits,
+                       min_budget_bytes=minimum, min_budget_tree=tree, draft_length_limit=k_max)
+    result = search(target, draft, knobs, memory, latency, k_max=k_max, max_batch=knobs.batch_size,
+                    chunks=(knobs.chunk,), device_overhead_bytes=overhead, **speed_kwargs)
+    best = result.plain if method == "none" else result.best_draft
+    plain = result.plain.tokens_per_s
+    if best is None:
+        return _failed(setup, note or "no drafting configuration fits the device's memory", sd_fits=sd_fits,
+                       plain_tokens_per_s=plain, min_budget_bytes=minimum, min_budget_tree=tree,
+                       draft_length_limit=k_max)
+    return MethodVerdict(
+        draft_method=method, draft=setup.draft_ref, acceptance=setup.acceptance,
+        acceptance_source=setup.acceptance_source, sd_fits=sd_fits, draft_length=best.knobs.draft_length,
+        batch=best.knobs.batch_size, total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
+        plain_tokens_per_s=plain, speedup=best.tokens_per_s / plain, min_budget_bytes=minimum, min_budget_tree=tree,
+        headroom_bytes=memory - best.total_bytes, best_breakdown=best.memory.as_dict(), note=note,
+        draft_length_limit=k_max)
+
+
+def _plain_fits(target: ModelShape, knobs: Knobs, overhead: int, memory: int) -> bool:
+    return breakdown(target, None, plain_knobs(replace(knobs, batch_size=1)), overhead).total_bytes <= memory
+
+
+def compare_device_methods(profile: HardwareProfile, target: ModelShape, setups: list[MethodSetup], knobs: Knobs,
+                           k_max: int = MAX_DRAFT_LENGTH) -> DeviceMethods:
+    """Every method on one device's roofline, at each method's acceptance (given, or its default)."""
+    try:
+        latency = roofline_from_profile(profile, knobs.weight_dtype)
+    except SpecMemoError as exc:  # e.g. bf16 on a Turing card
+        return DeviceMethods(profile.key, profile.name, profile.memory_bytes, None, (), exc.message)
+    overhead = profile.runtime_overhead_bytes
+    rows = tuple(method_verdict(profile.memory_bytes, overhead, latency, target, s, k_max,
+                                {"acceptance": s.acceptance}) for s in setups)
+    return DeviceMethods(profile.key, profile.name, profile.memory_bytes,
+                         _plain_fits(target, knobs, overhead, profile.memory_bytes), rows)
+
+
+def measured_method_verdict(measured: MeasuredProfile, label: str, target: ModelShape, knobs: Knobs,
+                            k_max: int = MAX_DRAFT_LENGTH) -> MethodVerdict:
+    """A measured device for the method it measured: its fitted curves, its acceptance histogram, its memory."""
+    from .quantities import acceptance_rate
+
+    timed, drafter = measured.shapes()
+    if timed.fingerprint != target.fingerprint:
+        raise SpecMemoError(f"the measured profile's target is {measured.target['ref']}, not {target.name}",
+                            "run `specmemo-plan profile` for this target")
+    if measured.target["dtype"] != knobs.weight_dtype:
+        raise SpecMemoError(f"{label} was measured in {measured.target['dtype']}, not {knobs.weight_dtype}",
+                            f"use --dtype {measured.target['dtype']} or profile again in {knobs.weight_dtype}")
+    method, histogram = measured.draft_method, measured.acceptance_histogram
+    if method != "none" and not histogram:
+        raise SpecMemoError(f"{label} has no acceptance for its {method} drafting", "run `specmemo-plan profile` again")
+    setup = MethodSetup(method, (measured.draft or {}).get("ref"), drafter,
+                        replace(knobs, draft_method=None if method == "none" else method,
+                                draft_length=0 if method == "none" else 1, head_embedding=measured.head_embedding),
+                        acceptance_rate(histogram) if histogram else None, measured.acceptance_source)
+    k_max = min(k_max, len(histogram) - 1) if histogram else k_max
+    speed = {"histogram": histogram} if histogram else {}
+    return method_verdict(measured.device["total_memory_bytes"], measured.runtime_overhead_bytes, measured.latency(),
+                          target, setup, k_max, speed)
+
+
+def compare_measured_methods(profiles: list[MeasuredProfile], labels: list[str], target: ModelShape, knobs: Knobs,
+                             k_max: int = MAX_DRAFT_LENGTH) -> DeviceMethods:
+    """The methods measured on one device (one profile each) side by side; `labels` name the profiles."""
+    first = profiles[0]
+    memory, overhead = first.device["total_memory_bytes"], first.runtime_overhead_bytes
+    rows = tuple(measured_method_verdict(m, label, target, knobs, k_max) for m, label in zip(profiles, labels))
+    name = "measured:" + "+".join(label.removeprefix("measured:") for label in labels)
+    return DeviceMethods(name, first.device.get("name", "measured device"), memory,
+                         _plain_fits(target, knobs, overhead, memory), rows)

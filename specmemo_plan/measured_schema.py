@@ -17,8 +17,9 @@ from .memory import WEIGHT_DTYPES
 VERSION = 1
 HINT = "run `specmemo-plan profile` again, or fix that field"
 FIELDS = ("device", "target", "draft", "samples", "target_fit", "draft_fit", "acceptance_histogram",
-          "acceptance_source", "notes", "version")
-REQUIRED = FIELDS[:8]  # notes and version have defaults
+          "acceptance_source", "notes", "version", "draft_method")
+REQUIRED = FIELDS[:8]  # notes, version and draft_method have defaults (a file without draft_method: draft-model
+# with a draft, none without, as every file written before the field)
 FIT_FIELDS = ("coefficients", "mean_abs_pct_error", "max_abs_pct_error", "num_samples", "knots")
 
 
@@ -78,6 +79,8 @@ def _model(c: _Check, data: dict, role: str, optional: bool) -> None:
     c.str(ref, "ref", f"{role}.ref")
     c.str(ref, "dtype", f"{role}.dtype", choices=WEIGHT_DTYPES)
     c.str(ref, "fingerprint", f"{role}.fingerprint")
+    if role == "draft":
+        c.str(ref, "head_embedding", "draft.head_embedding", choices=("shared", "copied"), optional=True)
 
 
 def _fit(c: _Check, data: dict, key: str, optional: bool) -> None:
@@ -120,6 +123,31 @@ def _samples(c: _Check, data: dict) -> None:
         c.fail("samples", "holds no target latency (tune searches the batches and contexts it measured)")
 
 
+def _method(c: _Check, data: dict) -> None:
+    """draft_method: a known method whose drafter is there exactly when it has one (drafting/methods.py):
+    a draft model, a head or MTP layers are timed (draft, draft_fit); n-gram and plain decoding have no
+    draft forward, and n-gram is known only by its acceptance histogram."""
+    from .drafting.methods import DRAFT_METHODS
+
+    method = c.str(data, "draft_method", "draft_method", choices=DRAFT_METHODS, optional=True)
+    if method is None:  # a file from before the field: MeasuredProfile derives it
+        method = "draft-model" if data["draft"] is not None else "none"
+    if method in ("ngram", "none"):
+        why = "n-gram drafting has no draft forward" if method == "ngram" else "plain decoding has no draft"
+        if data["draft"] is not None:
+            c.fail("draft", f"must be null for draft method {method} ({why})")
+        drafted = next((i for i, s in enumerate(data["samples"]) if s["model"] == "draft"), None)
+        if drafted is not None:
+            c.fail(f"samples[{drafted}].model", f"is 'draft', but {why}")
+        if method == "ngram" and data["acceptance_histogram"] is None:
+            c.fail("acceptance_histogram", "must be given for draft method ngram (its acceptance is all that is measured)")
+    elif data["draft"] is None:
+        c.fail("draft", f"is null, but draft method {method} times a drafter (give draft and draft_fit)")
+    if data["draft"] is not None and data["draft"].get("head_embedding") is not None and method not in (
+            "eagle", "eagle3", "mtp"):
+        c.fail("draft.head_embedding", f"is for an EAGLE or MTP head, not draft method {method}")
+
+
 def check_measured(data, where: str) -> dict:
     """MeasuredProfile's keyword arguments from a file's JSON, every field checked (see the module docstring)."""
     c = _Check(where)
@@ -155,6 +183,7 @@ def check_measured(data, where: str) -> dict:
         if sum(histogram) <= 0:  # quantities.acceptance_rate would divide by zero
             c.fail("acceptance_histogram", "counts no step (all zero)")
     c.str(data, "acceptance_source", "acceptance_source", choices=("measured", "given", "none"))
+    _method(c, data)
     if data.get("notes") is not None and not isinstance(data["notes"], dict):
         c.fail("notes", "must be an object")
     return {k: v for k, v in data.items() if not (k == "notes" and v is None)}

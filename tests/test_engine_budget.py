@@ -119,7 +119,7 @@ def test_plan_engine_records_what_export_prints(tmp_path):
     from specmemo_plan.export.startup import engine_options_for
     from specmemo_plan.plan import read_plan
 
-    for engine, line in (("vllm", "GPU KV cache size: 18,480 tokens"), ("llama.cpp", "KV self size = 4096.00 MiB")):
+    for engine, line in (("vllm", "GPU KV cache size: 16,208 tokens"), ("llama.cpp", "KV self size = 4096.00 MiB")):
         out = tmp_path / f"{engine}.json"
         made = run("plan", *PAIR, "-p", "rtx-4090", "--budget", "22GiB", "-c", "4096", "-b", "2", "-o", str(out),
                    "--engine", engine)
@@ -146,8 +146,8 @@ def _plain_plan(tmp_path):
 
 def test_plan_engine_refuses_what_it_would_not_start(tmp_path):
     out = tmp_path / "p.json"
-    cases = [((), "vLLM 0.10.1.1 (V1 engine) would not start this plan: Free memory on device (23.49 GiB) on "
-                  "startup is less than desired GPU memory utilization (1.0, 23.99 GiB)"),
+    cases = [(("--budget", "15.5GiB"),
+              "vLLM: no --gpu-memory-utilization fits the plan in its budget by vLLM 0.10.1.1 (V1 engine)'s accounting"),
              (("--budget", "20GiB", "--gpu-memory-utilization", "0.5"),
               "plan --engine vllm predicts with the settings `export --to vllm` writes for the plan, not "
               "--gpu-memory-utilization"),

@@ -270,12 +270,13 @@ def test_ngram_sampling_is_lossless(tiny_vocab_pair, monkeypatch):
 # ----------------------------------------------------------------------------- refusals
 
 
-def test_ngram_trees_refused(tiny_pair):
+def test_trees_refused_for_draft_models(tiny_pair):
     import dataclasses
 
-    plan = ngram_plan(tiny_pair[0], 4)
+    plan = make_test_plan(*tiny_pair, draft_length=4)
     tree = dataclasses.replace(plan, knobs=dataclasses.replace(plan.knobs, tree_topk=2, tree_depth=2))
-    with pytest.raises(SpecMemoError, match=r"^knobs\.tree_topk: the engine verifies chains, not token trees"):
+    with pytest.raises(SpecMemoError, match=r"^knobs\.tree_topk: the engine verifies token trees for ngram drafting, "
+                                            r"not draft-model"):
         check_supported(tree)
 
 

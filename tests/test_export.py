@@ -8,7 +8,7 @@ import math
 import pytest
 
 from specmemo_plan.errors import SpecMemoError
-from specmemo_plan.export import ENGINES, export_plan, floor3
+from specmemo_plan.export import ENGINES, VLLM_VERSION, export_plan
 from specmemo_plan.memory import Knobs
 from specmemo_plan.models import load_shape
 from specmemo_plan.plan import DeviceSpec, Generation, make_plan
@@ -48,8 +48,12 @@ def test_every_export_names_its_engine_version(one_gpu_plan):
         assert result.command and result.unsupported  # every engine misses some part of the plan
         json.dumps(result.as_dict())
         versions[engine] = result.engine_version
-    assert versions == {"vllm": "vLLM 0.25.0", "sglang": "SGLang 0.5.10", "llama.cpp": "llama.cpp b9245",
-                        "trtllm": "TensorRT-LLM 1.3", "hf": "transformers 5.24"}
+    assert versions == {
+        "vllm": "vLLM 0.25.0 options; memory by the vLLM 0.10.1.1 (V1 engine) model: 0.10.1.1 has no draft_model "
+                "method, and no later version has public startup logs to check a model against",
+        "sglang": "SGLang 0.5.10 options; memory by the model of SGLang main after sgl-project/sglang#10975 (Oct 2025, "
+                  "v0.5.4 line), whose pool formulas are assumed unchanged in 0.5.10",
+        "llama.cpp": "llama.cpp b9245", "trtllm": "TensorRT-LLM 1.3", "hf": "transformers 5.24"}
 
 
 def test_vllm(one_gpu_plan):
@@ -57,7 +61,7 @@ def test_vllm(one_gpu_plan):
     assert r.settings == {
         "model": "meta-llama/Llama-2-7b-chat-hf",
         "speculative_config": {"method": "draft_model", "model": "JackFram/llama-68m", "num_speculative_tokens": 3},
-        "gpu_memory_utilization": 0.917,  # 22 GiB / 24564 MiB = 0.91711..., rounded down
+        "gpu_memory_utilization": 0.8704,  # by vLLM's accounting (tests/test_export_budget.py), not 22 GiB / 24564 MiB
         "max_num_seqs": 2,
         "max_model_len": 2048,
         "max_num_batched_tokens": 1024,  # batch x prefill chunk (512)
@@ -66,18 +70,18 @@ def test_vllm(one_gpu_plan):
         "dtype": "float16",
         "kv_cache_dtype": "auto",
         "seed": 7,
+        "env": {"VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "0"},  # CUDA graphs outside the share, as modelled
         "request": {"max_tokens": 256, "temperature": 0.0},
     }
     assert "--speculative-config '{\"method\": \"draft_model\"" in r.command
-    assert "--gpu-memory-utilization 0.917" in r.command and "--max-num-seqs 2" in r.command
+    assert "--gpu-memory-utilization 0.8704" in r.command and "--max-num-seqs 2" in r.command
+    assert r.command.startswith("VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0 vllm serve ")
     assert any("prefill chunk" in u for u in r.unsupported)
 
 
 def test_sglang(one_gpu_plan):
     r = export_plan(one_gpu_plan, "sglang")
-    c = components(one_gpu_plan)
-    static = 22 * GiB - c["activations"] - c["candidate_buffers"] - c["runtime_overhead"]
-    assert r.settings["mem_fraction_static"] == math.floor(static / 25757220864 * 1000) / 1000
+    assert r.settings["mem_fraction_static"] == 0.8997  # by SGLang's accounting (tests/test_export_budget.py)
     expected = {
         "model_path": "meta-llama/Llama-2-7b-chat-hf",
         "speculative_algorithm": "STANDALONE",
@@ -122,8 +126,9 @@ def test_llamacpp(one_gpu_plan):
         "n_predict": 256,
         "temperature": 0.0,
         "seed": 7,
+        "flash_attn": "on",  # llama.cpp's -fa auto on a GPU, said outright (the memory model's default was off)
     }
-    for flag in ("--spec-type draft-simple", "-md llama-68m.gguf", "--spec-draft-n-max 3", "-c 4096", "-np 2"):
+    for flag in ("--spec-type draft-simple", "-md llama-68m.gguf", "--spec-draft-n-max 3", "-c 4096", "-np 2", "-fa on"):
         assert flag in r.command
     assert "--draft-max" not in r.command  # removed from llama-server in PR #22397
 
@@ -162,7 +167,7 @@ def test_one_device_plan_has_no_layer_partition(one_gpu_plan):
     """A one-device plan has one share holding every layer; the engines get no partition for it."""
     (share,) = one_gpu_plan.per_device
     assert share.num_layers == load_shape("llama-2-7b-chat").num_layers
-    assert "env" not in export_plan(one_gpu_plan, "vllm").settings
+    assert export_plan(one_gpu_plan, "vllm").settings["env"] == {"VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "0"}
     cpp = export_plan(one_gpu_plan, "llama.cpp")
     assert "tensor_split" not in cpp.settings and "spec_draft_device" not in cpp.settings and "-ts" not in cpp.command
 
@@ -170,7 +175,8 @@ def test_multi_device_exports(eight_gcd_plan):
     vllm = export_plan(eight_gcd_plan, "vllm")
     assert vllm.settings["pipeline_parallel_size"] == 8 and vllm.settings["tensor_parallel_size"] == 1
     assert vllm.settings["env"] == {"VLLM_PP_LAYER_PARTITION": "10,10,10,10,10,10,10,10"}
-    assert vllm.settings["gpu_memory_utilization"] == floor3(60 / 64) == 0.937
+    assert vllm.settings["gpu_memory_utilization"] == 60 / 64 == 0.9375  # budget / device: not modelled on 8 GCDs
+    assert any(n.startswith("not checked by vLLM's accounting (8 devices") for n in vllm.notes)
     assert vllm.settings["request"] == {"max_tokens": 512, "temperature": 0.7}
     assert vllm.command.startswith("VLLM_PP_LAYER_PARTITION=10,10,10,10,10,10,10,10 vllm serve")
     cpp = export_plan(eight_gcd_plan, "llama.cpp")
@@ -185,7 +191,7 @@ def test_multi_device_exports(eight_gcd_plan):
     # smallest per-device static share: the last GCD holds the lm_head, logits and the draft
     statics = [d.budget_bytes - d.memory.components["activations"] - d.memory.components["candidate_buffers"]
                - d.memory.components["runtime_overhead"] for d in eight_gcd_plan.per_device]
-    assert sgl.settings["mem_fraction_static"] == floor3(min(statics) / (64 * GiB))
+    assert sgl.settings["mem_fraction_static"] == math.floor(min(statics) / (64 * GiB) * 10**4) / 10**4
     hf = export_plan(eight_gcd_plan, "hf")
     assert hf.settings["draft"]["device_map"] == {"": 7}
     assert hf.settings["target"]["device_map"]["model.layers.79"] == 7
@@ -261,7 +267,7 @@ def test_cli_export(tmp_path, one_gpu_plan):
     result = CliRunner().invoke(cli, ["export", str(path), "--to", "vllm", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["engine_version"] == "vLLM 0.25.0" and data["settings"] == export_plan(one_gpu_plan, "vllm").settings
+    assert data["engine_version"] == VLLM_VERSION and data["settings"] == export_plan(one_gpu_plan, "vllm").settings
     text = CliRunner().invoke(cli, ["export", str(path), "--to", "llama.cpp"]).output
     assert "llama-server" in text and "not expressible in llama.cpp" in text
     bad = CliRunner().invoke(cli, ["export", str(path), "--to", "tgi"])
@@ -305,15 +311,18 @@ def test_cli_export_refuses_a_hand_edited_plan(tmp_path, one_gpu_plan, fields, l
         assert result.output == line.format(total=total, human=format_bytes(total)) + "\n"
 
 
-def test_each_fraction_is_spelled_once(one_gpu_plan):
+def test_each_fraction_is_spelled_once(one_gpu_plan, eight_gcd_plan):
     """The option, its note and the settings carry the same rounded value."""
-    vllm = export_plan(one_gpu_plan, "vllm")
-    assert "--gpu-memory-utilization 0.917 \\" in vllm.command
-    assert ("gpu_memory_utilization = budget / device memory = 23622320128 / 25757220864 = 0.917114, rounded down "
-            "to 0.917") in vllm.notes
-    assert vllm.settings["gpu_memory_utilization"] == 0.917
-    for engine, option, setting in (("sglang", "--mem-fraction-static", "mem_fraction_static"),
-                                    ("trtllm", "--kv_cache_free_gpu_memory_fraction", "free_gpu_memory_fraction")):
+    for engine, option, setting, text in (("vllm", "--gpu-memory-utilization", "gpu_memory_utilization", "0.8704"),
+                                          ("sglang", "--mem-fraction-static", "mem_fraction_static", "0.8997")):
+        r = export_plan(one_gpu_plan, engine)
+        assert f"{option} {text} \\" in r.command and f"{r.settings[setting]:.4f}" == text
+        assert any(n.startswith(f"{setting} = {text}: the largest share, in steps of 0.0001") for n in r.notes)
+    vllm = export_plan(eight_gcd_plan, "vllm")  # not modelled: budget / device memory, 4 decimals
+    assert "--gpu-memory-utilization 0.9375 \\" in vllm.command
+    assert ("gpu_memory_utilization = budget / device memory = 64424509440 / 68719476736 = 0.937500, rounded down "
+            "to 0.9375") in vllm.notes
+    for engine, option, setting in (("trtllm", "--kv_cache_free_gpu_memory_fraction", "free_gpu_memory_fraction"),):
         r = export_plan(one_gpu_plan, engine)
         (note,) = [n for n in r.notes if n.startswith(setting + " = ")]
         text = note.split("rounded down to ")[1].split(" ")[0]
@@ -331,9 +340,10 @@ def test_fractions_the_engines_cannot_take_are_refused():
     with pytest.raises(SpecMemoError) as info:
         export_plan(small, "vllm")
     assert info.value.message == ("vLLM: --gpu-memory-utilization = budget / device memory = 1073741824 / "
-                                  "1125899906842624 = 0.000001 rounds down to 0.000, which vLLM cannot take")
-    for engine, option in (("sglang", "--mem-fraction-static"), ("trtllm", "--kv_cache_free_gpu_memory_fraction")):
-        with pytest.raises(SpecMemoError, match=f"{option} = .* rounds down to 0.000, which"):
+                                  "1125899906842624 = 0.000001 rounds down to 0.0000, which vLLM cannot take")
+    for engine, option, zero in (("sglang", "--mem-fraction-static", "0.0000"),
+                                 ("trtllm", "--kv_cache_free_gpu_memory_fraction", "0.000")):
+        with pytest.raises(SpecMemoError, match=f"{option} = .* rounds down to {zero}, which"):
             export_plan(small, engine)
     assert export_plan(small, "llama.cpp").command and export_plan(small, "hf").command  # no fraction there
     over = make_plan("llama-68m", load_shape("llama-68m"), None, None, Knobs(batch_size=1, max_context=512),

@@ -21,7 +21,7 @@ COMMANDS = {
     "fit": "specmemo_plan.cli.calculator:fit",
     "plan": "specmemo_plan.cli.calculator:plan",
     "devices": "specmemo_plan.cli.devices:devices",
-    "compare": "specmemo_plan.cli.devices:compare",
+    "compare": "specmemo_plan.cli.compare:compare",
     "export": "specmemo_plan.cli.export:export_cmd",
     "profile": "engine.commands:profile",
     "tune": "engine.commands:tune",

@@ -40,7 +40,7 @@ def model_options(func):
                      help="Draft tokens verified per step, T (default 4 with a draft; min-budget searches when omitted)."),
         click.option("--draft-method", "draft_method", multiple=True, metavar="METHOD[=DRAFT]",
                      help="draft-model, eagle, eagle3, medusa, mtp, ngram or none (default: from the --draft file). "
-                          "min-budget and fit take it repeated, METHOD=DRAFT each, or `all`, to compare methods."),
+                          "min-budget, fit and compare take it repeated, METHOD=DRAFT each, or `all`, to compare methods."),
         click.option("--tree-depth", type=int, default=None, callback=positive,
                      help="Draft steps of a token tree (default: a chain, depth = -k)."),
         click.option("--tree-topk", type=int, default=None, callback=positive,

@@ -1,4 +1,4 @@
-"""`--draft-method` on the command line: one method, or several side by side (min-budget, fit).
+"""`--draft-method` on the command line: one method, or several side by side (min-budget, fit, compare).
 
 `--draft-method eagle3` (the --draft is its head), `--draft-method eagle3=PATH` (each method its own
 draft), repeated to compare, or `all`: the method the --draft declares, n-gram, and MTP where the target
@@ -46,7 +46,7 @@ def method_specs(values: tuple[str, ...], draft: str | None) -> list[tuple[str |
 def single_method(values: tuple[str, ...], draft: str | None) -> tuple[str | None, str | None]:
     specs = method_specs(values, draft)
     if len(specs) != 1 or values == ("all",):
-        raise click.UsageError("this command takes one --draft-method; min-budget and fit compare several")
+        raise click.UsageError("this command takes one --draft-method; min-budget, fit and compare weigh several")
     return specs[0]
 
 

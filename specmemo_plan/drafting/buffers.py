@@ -16,7 +16,8 @@ of `depth` steps and top-k `topk` (a chain: depth T, top-k 1). Sized as the serv
   draft_hidden_states: the target hidden states kept for the next draft step, [B, T+1, 3H] for EAGLE-3
   (3 layers), [B, T+1, H] for EAGLE-1/2 and MTP, [B, 1, H] for Medusa (the last accepted token's);
   draft_mask [B, 1, topk, S_d] over the head's KV slots S_d = C + T (no KV, no mask: Medusa);
-  EAGLE-3's vocabulary maps draft_d2t [V_d] int64 and draft_t2d [V] bool (SafeAILab/EAGLE cnets.py buffers).
+  EAGLE-3's vocabulary maps draft_d2t [V_d] int64 and draft_t2d [V] bool (SafeAILab/EAGLE cnets.py buffers);
+  an EAGLE-1 head with a trimmed vocabulary (the bundled one) keeps d2t only (our engine maps ids back with it).
 Not counted, stated: SGLang's temporary draft KV of B * topk * depth expanded nodes (freed after verify)
 and CUDA-graph pools.
 """
@@ -63,6 +64,8 @@ def method_buffer_specs(target: ModelShape, draft: ModelShape | None, knobs: Kno
     d_window = window_slots(draft, C, T)
     if d_window is not None:
         specs.append(BufferSpec("draft_mask_sliding", (B, 1, tree.topk, d_window), "bool"))
-    if method == "eagle3" and draft.vocab_size != V:
-        specs += [BufferSpec("draft_d2t", (draft.vocab_size,), "int64"), BufferSpec("draft_t2d", (V,), "bool")]
+    if draft.vocab_size != V:  # a trimmed output vocabulary: d2t maps the head's ids back to the target's
+        specs.append(BufferSpec("draft_d2t", (draft.vocab_size,), "int64"))
+        if method == "eagle3":
+            specs.append(BufferSpec("draft_t2d", (V,), "bool"))
     return specs

@@ -33,7 +33,12 @@ EAGLE3_AUX_LAYERS = 3  # fc fuses the hidden states of 3 target layers (EAGLE-3 
 
 
 def read_head_config(ref: str) -> dict:
-    """A head's config.json: a file, a folder holding one, a preset in presets/heads/, or a model preset."""
+    """A head's config.json: a file, a folder holding one, `bundled:NAME` (a head that ships with the
+    project, models.BUNDLED_MODELS), a preset in presets/heads/, or a model preset."""
+    if ref.startswith("bundled:"):
+        from ..models import bundled_path
+
+        ref = str(bundled_path(ref.split(":", 1)[1]))
     path = Path(os.path.expanduser(ref))
     if path.is_dir():
         path = path / "config.json"
@@ -143,16 +148,21 @@ def eagle3_shape(cfg: dict, ref: str, target: ModelShape, embedding: str) -> Mod
 
 def eagle_shape(cfg: dict, ref: str, target: ModelShape, embedding: str) -> ModelShape:
     """EAGLE-1/2: fc 2H -> H (+bias), N_d Llama layers whose first has no input_layernorm (cnets1.py),
-    the target's lm_head (vocab V, not held), its own embedding copy only when copied."""
+    the target's lm_head (vocab V, not held), its own embedding copy only when copied. A head with
+    `draft_vocab_size` V_d < V (this project's bundled head, train/train_eagle.py) holds its own
+    lm_head H -> V_d over the V_d tokens the target predicts most, ids mapped back by d2t (a buffer)."""
     where = f"EAGLE head {ref}"
     H, V, heads, layers, kv, d, I = _llama_dims(cfg, where)
+    V_d = _int(cfg, "draft_vocab_size", where, V)
     _check_target(where, target, H, V)
+    if V_d > V:
+        raise SpecMemoError(f"{where}: draft_vocab_size {V_d} exceeds the vocabulary {V}", "fix the head's config")
     layer_params = [attention_params(H, H, heads, kv, d) + mlp_params(H, I) + (1 if i == 0 else 2) * H
                     for i in range(layers)]
     parts = {"fc": eagle_fc_params(H, bool(cfg.get("bias", True))), "layers": sum(layer_params),
-             "embedding": V * H if embedding == "copied" else 0}
+             "lm_head": V_d * H if V_d != V else 0, "embedding": V * H if embedding == "copied" else 0}
     matrices = [Matrix(H, 2 * H, 1, layers=(0,))] + _layer_matrices(H, heads, kv, d, I, layers, first_in=H)
-    return _shape("eagle", ref, target, parts, vocab_size=V, hidden_size=H, intermediate_size=I,
+    return _shape("eagle", ref, target, parts, vocab_size=V_d, hidden_size=H, intermediate_size=I,
                   num_layers=layers, num_attention_heads=heads, num_kv_heads=kv, head_dim=d,
                   cache_layers=(CacheLayer(kv, d, d, None),) * layers, matrices=tuple(matrices),
                   layer_params=tuple(layer_params))
@@ -245,8 +255,9 @@ def read_shape(draft: ModelShape, method: str, target: ModelShape, embedding: st
         return replace(draft, vocab_size=0)
     if method == "eagle3":
         return replace(draft, num_params=draft.num_params - (VH if copied else 0))
-    if method == "eagle":
-        return replace(draft, num_params=draft.num_params - (VH if copied else 0) + VH)
+    if method == "eagle":  # the target's lm_head, unless the head holds its own over a trimmed vocabulary
+        own_head = draft.vocab_size != target.vocab_size
+        return replace(draft, num_params=draft.num_params - (VH if copied else 0) + (0 if own_head else VH))
     if method == "mtp":  # the head is read once per step (vocab V in forward_flops)
         held_head = draft.num_layers * VH if copied else 0
         return replace(draft, num_params=draft.num_params - (VH if copied else 0) - held_head + VH)

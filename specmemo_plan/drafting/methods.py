@@ -85,17 +85,20 @@ def recognise(cfg: dict) -> str | None:
     - `architectures` naming Eagle3 (`LlamaForCausalLMEagle3` in SGLang/SpecForge, `Eagle3LlamaForCausalLM`
       in vLLM), or `draft_vocab_size` (EAGLE-3's reduced output vocabulary; yuhuili/EAGLE3-LLaMA3.1-Instruct-8B
       declares `LlamaForCausalLM` and only this field says it is a head): eagle3;
-    - `architectures` naming Eagle without 3 (`EagleLlamaForCausalLM`, vLLM): eagle (the published EAGLE-1
-      heads declare `LlamaForCausalLM`: give --draft-method eagle);
+    - `architectures` naming Eagle without 3 (`EagleLlamaForCausalLM`, vLLM; the bundled head, which also
+      has `draft_vocab_size`): eagle (the published EAGLE-1 heads declare `LlamaForCausalLM`: give
+      --draft-method eagle);
     - `medusa_num_heads`: medusa.
     An MTP layer lives in the target's config (`num_nextn_predict_layers`): see ModelShape.mtp_layers.
     """
     archs = cfg.get("architectures") or []
     names = [a.lower() for a in archs if isinstance(a, str)]
-    if any("eagle3" in n for n in names) or "draft_vocab_size" in cfg:
+    if any("eagle3" in n for n in names):
         return "eagle3"
-    if any("eagle" in n for n in names):
+    if any("eagle" in n for n in names):  # an EAGLE-1 head may trim its vocabulary too (draft_vocab_size)
         return "eagle"
+    if "draft_vocab_size" in cfg:
+        return "eagle3"
     if "medusa_num_heads" in cfg:
         return "medusa"
     return None

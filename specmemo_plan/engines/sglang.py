@@ -27,6 +27,15 @@ from .vllm import forward_peak_bytes
 
 VERSION = "SGLang main after sgl-project/sglang#10975 (Oct 2025, v0.5.4 line)"
 CODE = "sgl-project/sglang python/sglang/srt"
+# `export --to sglang` writes the options of a later release (names checked in its server arguments); its
+# version line names both: the pool and headroom formulas above were read at VERSION and are assumed unchanged.
+SERVE_VERSION = "SGLang 0.5.10"
+SERVE_DOCS = (
+    "https://docs.sglang.io/advanced_features/speculative_decoding.html",
+    "https://docs.sglang.io/advanced_features/server_arguments.html",
+)
+EXPORT_VERSION = (f"{SERVE_VERSION} options; memory by the model of {VERSION}, whose pool formulas are assumed "
+                  "unchanged in 0.5.10")
 ALGORITHMS = ("EAGLE", "EAGLE3", "STANDALONE", "NGRAM", "NEXTN")
 KV_DTYPES = ("fp16", "bf16", "fp32", "fp8")  # auto (the model dtype), fp8_e4m3, fp8_e5m2 (kvtypes.py)
 DEFAULT_CONTEXT = 512 * MIB  # assumed CUDA context, as the hardware profiles (profiles/titan-rtx.toml)

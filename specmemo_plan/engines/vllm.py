@@ -27,6 +27,22 @@ from .base import (GIB, MIB, EngineMemory, EngineOptions, cdiv, check_tensor_par
 
 VERSION = "vLLM 0.10.1.1 (V1 engine)"
 CODE = "vllm-project/vllm v0.10.1.1"
+# `export --to vllm` writes the options of a newer vLLM, and its version line names both: the V1 engine of
+# 0.10.x has no draft-model method ("In vllm v0.10.0, speculative decoding with a draft model is not supported",
+# https://docs.vllm.ai/en/v0.14.0/features/spec_decode/; method "draft_model" came with vllm-project/vllm#24322),
+# while the accounting above is the newest that public startup logs check (calibration.json P4, T2).
+SERVE_VERSION = "vLLM 0.25.0"
+SERVE_DOCS = (
+    "https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/",
+    "https://docs.vllm.ai/en/v0.25.0/configuration/engine_args/",
+)
+EXPORT_VERSION = (f"{SERVE_VERSION} options; memory by the {VERSION} model: 0.10.1.1 has no draft_model method, "
+                  "and no later version has public startup logs to check a model against")
+# Since v0.21.0 vLLM also takes its own CUDA-graph estimate out of --gpu-memory-utilization (vllm-project/vllm#30515;
+# its startup log: "CUDA graph memory profiling is enabled (default since v0.21.0) ... To disable, set
+# VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0", quoted in gpustack/runner#251). With 0 the graphs are captured
+# after the KV cache, outside the share, as step 4 above: the accounting this module models.
+GRAPHS_OUTSIDE_ENV = ("VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS", "0")
 DEFAULT_UTILIZATION = 0.9  # vllm/config CacheConfig.gpu_memory_utilization
 DEFAULT_BLOCK_SIZE = 16  # CacheConfig.block_size on CUDA
 FUSED_MOE_CHUNK = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE: fused_moe works on this many tokens at once

@@ -11,12 +11,17 @@ refused before a single option is written, and every option value is the one its
   as the user gave them (`ModelSource`: no local site-packages path), the memory fractions (`Fraction`:
   computed and spelled once, refused at 0 or over 1), `ExportResult`, the flag formatting;
 - `gguf_files.py`: the GGUF files llama.cpp loads, and the lines that make the missing ones;
+- `engine_share.py`: vLLM's and SGLang's memory share chosen by the engine's own accounting (engines/), and
+  the check that refuses settings whose predicted peak passes the budget; `startup.py`: the engine's
+  predicted startup lines, after that check;
 - `vllm.py`, `sglang.py`, `llamacpp.py`, `trtllm.py`, `hf.py`: one exporter per engine, with its version.
 
 Pure Python: no torch at import.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ..errors import SpecMemoError, close_names
 from ..plan import Plan
@@ -28,6 +33,7 @@ from .trtllm import TRTLLM_DOCS, TRTLLM_VERSION, _trtllm
 from .vllm import VLLM_DOCS, VLLM_VERSION, _vllm
 
 ENGINES = ("vllm", "sglang", "llama.cpp", "trtllm", "hf")
+EAGER_ENGINES = ("vllm", "sglang")  # exports that can drop CUDA graphs (--enforce-eager)
 _EXPORTERS = {"vllm": _vllm, "sglang": _sglang, "llama.cpp": _llamacpp, "trtllm": _trtllm, "hf": _hf}
 # other spellings people type for the same engines
 _ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "tensorrt-llm": "trtllm", "transformers": "hf",
@@ -40,12 +46,23 @@ __all__ = [
 ]
 
 
-def export_plan(plan: Plan, engine: str) -> ExportResult:
-    """The settings that reproduce `plan` in `engine` (one of ENGINES; "llamacpp" and "llama-cpp" also work)."""
+def export_plan(plan: Plan, engine: str, enforce_eager: bool = False) -> ExportResult:
+    """The settings that reproduce `plan` in `engine` (one of ENGINES; "llamacpp" and "llama-cpp" also work);
+    `enforce_eager`: without CUDA graphs (vLLM --enforce-eager, SGLang --disable-cuda-graph).
+
+    vLLM's and SGLang's memory share is chosen, and every modelled engine's settings checked, by the engine's
+    own accounting (engine_share.py): what would pass the plan's budget is refused, not written."""
     key = engine.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in ENGINES:
         raise SpecMemoError(f"unknown engine '{engine}'", close_names(key, ENGINES))
+    if enforce_eager and key not in EAGER_ENGINES:
+        raise SpecMemoError(f"--enforce-eager applies to the vllm and sglang exports, not {key}",
+                            "drop --enforce-eager")
+    from .engine_share import engine_check
     from .startup import with_startup
 
-    return with_startup(_EXPORTERS[key](_facts(plan)), plan)
+    facts = _facts(plan)
+    check = engine_check(plan, key)
+    facts = replace(facts, check=check, enforce_eager=enforce_eager)
+    return with_startup(_EXPORTERS[key](facts), plan, check)

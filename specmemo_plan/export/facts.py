@@ -1,8 +1,12 @@
 """What every exporter shares: the plan's facts read once, the memory fractions, the result type, the flags.
 
-Memory fractions are derived from the plan's per-device budget and rounded *down* to 0.001, so the
-engine never takes more than the plan's budget:
-- vLLM `gpu_memory_utilization` = budget / device memory (vLLM's cap on everything it allocates);
+Memory fractions are rounded *down* (vLLM and SGLang to 0.0001, TensorRT-LLM to 0.001), so the engine
+never takes more than the plan's budget. On one GPU, vLLM's `gpu_memory_utilization` and SGLang's
+`mem_fraction_static` are chosen by the engine's own accounting (engine_share.py: the largest share whose
+predicted peak stays within the budget). Where the engine models do not reach (several devices, a CPU plan,
+draft methods they do not model), and for TensorRT-LLM, they are derived from the plan's per-device budget:
+- vLLM `gpu_memory_utilization` = budget / device memory (vLLM's cap on what it allocates; the CUDA
+  context and CUDA graphs come on top, said in a note);
 - SGLang `mem_fraction_static` = (budget - activations - candidate buffers - runtime overhead) / device
   memory (SGLang's weights + KV pool share);
 - TensorRT-LLM `free_gpu_memory_fraction` = (budget - everything but KV) / (device memory - everything but KV)
@@ -64,7 +68,16 @@ class ExportResult:
 
 def floor3(x: float) -> float:
     """Round down to 0.001: a memory fraction the engine may use without passing the plan's budget."""
-    return math.floor(x * 1000 + 1e-9) / 1000
+    return floor_to(x, 3)
+
+
+def floor_to(x: float, digits: int) -> float:
+    """Round down to `digits` decimals (the 1e-9 keeps an exact k / 10^digits from dropping a step)."""
+    scale = 10**digits
+    return math.floor(x * scale + 1e-9) / scale
+
+
+SHARE_DIGITS = 4  # vLLM's and SGLang's shares are spelled with 4 decimals (engine_share.STEPS)
 
 
 # files a Hugging Face tokenizer is saved as (transformers' tokenization_utils_base and tokenizers)
@@ -179,6 +192,7 @@ class Fraction:
     formula: str  # in words: "budget / device memory"
     numerator: int
     denominator: int
+    digits: int = 3  # decimals it is rounded down to and spelled with
 
     @property
     def exact(self) -> float:
@@ -186,27 +200,27 @@ class Fraction:
 
     @property
     def value(self) -> float:
-        return floor3(self.exact)
+        return floor_to(self.exact, self.digits)
 
     @property
     def text(self) -> str:
-        """The one spelling of the value: three decimals, as rounded."""
-        return f"{self.value:.3f}"
+        """The one spelling of the value: `digits` decimals, as rounded."""
+        return f"{self.value:.{self.digits}f}"
 
     def note(self, setting: str) -> str:
         return (f"{setting} = {self.formula} = {self.numerator} / {self.denominator} = {self.exact:.6f}, "
                 f"rounded down to {self.text}")
 
 
-def fraction(engine: str, option: str, formula: str, numerator: int, denominator: int) -> Fraction:
+def fraction(engine: str, option: str, formula: str, numerator: int, denominator: int, digits: int = 3) -> Fraction:
     """A fraction the engine can take, or a refusal: 0 after rounding down, or over 1."""
     if denominator <= 0:
         raise SpecMemoError(f"{engine}: {option} = {formula} has no value: the plan leaves {denominator} bytes of "
                             "the device for it", "make the plan for a device with more memory")
-    f = Fraction(option, formula, numerator, denominator)
+    f = Fraction(option, formula, numerator, denominator, digits)
     if f.value <= 0:
         raise SpecMemoError(f"{engine}: {option} = {formula} = {numerator} / {denominator} = {f.exact:.6f} rounds down "
-                            f"to 0.000, which {engine} cannot take",
+                            f"to {0:.{digits}f}, which {engine} cannot take",
                             "plan with a larger --budget, or export to an engine without a fraction (llama.cpp, hf)")
     if f.exact > 1:
         raise SpecMemoError(f"{engine}: {option} = {formula} = {numerator} / {denominator} = {f.exact:.6f} is over 1: "
@@ -241,6 +255,8 @@ class _Facts:
     max_new_tokens: int
     vocab_size: int  # the target's: token ids a prompt may use
     drafting: Drafting | None = None  # the draft method and tree (methods.py); None: the legacy draft-model path
+    check: object = None  # engine_share.EngineCheck: the engine model that sizes the export; a str: why none does
+    enforce_eager: bool = False  # export without CUDA graphs (vLLM --enforce-eager, SGLang --disable-cuda-graph)
 
     @property
     def target(self) -> str:
@@ -303,7 +319,7 @@ def _used(f: _Facts) -> list[DeviceShare]:
 def _utilization(f: _Facts, engine: str = "vLLM") -> Fraction:
     """vLLM's cap on everything it allocates: budget / device memory."""
     return fraction(engine, "--gpu-memory-utilization", "budget / device memory",
-                    min(d.budget_bytes for d in _used(f)), f.device_memory)
+                    min(d.budget_bytes for d in _used(f)), f.device_memory, SHARE_DIGITS)
 
 
 def _static_fraction(f: _Facts) -> Fraction:
@@ -314,7 +330,7 @@ def _static_fraction(f: _Facts) -> Fraction:
 
     return fraction("SGLang", "--mem-fraction-static",
                     "(budget - activations - candidate buffers - runtime overhead) / device memory",
-                    min(static(d) for d in _used(f)), f.device_memory)
+                    min(static(d) for d in _used(f)), f.device_memory, SHARE_DIGITS)
 
 
 def _free_kv_fraction(f: _Facts) -> Fraction:

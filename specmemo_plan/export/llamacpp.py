@@ -39,9 +39,16 @@ def _llamacpp_cache(kv, which: str, notes: list, unsupported: list) -> str:
 def _llamacpp(f: _Facts) -> ExportResult:
     unsupported, notes = [], []
     cache_k, cache_v = (_llamacpp_cache(t, which, notes, unsupported) for t, which in zip(parse_kv_dtypes(f.kv_dtype), "KV"))
-    flash = cache_v.startswith(("q", "iq"))  # llama.cpp refuses a quantised V cache without flash attention
-    if flash:
+    quantised_v = cache_v.startswith(("q", "iq"))  # llama.cpp refuses a quantised V cache without flash attention
+    # On a GPU -fa on always: -fa defaults to auto since it took on/off/auto (b6343, Sep 2025; ggml-org/llama.cpp
+    # #15746), on wherever the GPU has the kernels; said outright so the memory model of b5600-b6500, whose
+    # default was off, sizes the same compute buffer (no f32 KQ scores) as the build the command names.
+    flash = quantised_v or f.kind != "cpu"
+    if quantised_v:
         notes.append(f"a {cache_v} V cache needs flash attention: the command passes -fa on")
+    elif flash:
+        notes.append("-fa on: flash attention, llama.cpp's own choice on this GPU (-fa auto), stated so the "
+                     "predicted compute buffer is the one it allocates")
     t_file = gguf_file(f.target_source, f.weight_dtype, f.target_source)
     d_file = gguf_file(f.draft_source, f.draft_dtype or f.weight_dtype, f.target_source) if f.draft else None
     target, draft = t_file.setting, d_file.setting if d_file else None

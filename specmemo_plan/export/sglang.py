@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from ..engines.sglang import EXPORT_VERSION, SERVE_DOCS
+from .engine_share import EngineCheck, choose_share
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, _Facts, _flags, _float_dtype_note, _needs_gpu, _static_fraction,
                     one_kv_type, preamble)
 from .methods import sglang_spec
 
-# SGLang 0.5.10. STANDALONE speculative decoding (a small draft LLM) and the server arguments:
-#   https://docs.sglang.io/advanced_features/speculative_decoding.html (Standalone Speculative Decoding)
-#   https://docs.sglang.io/advanced_features/server_arguments.html
-SGLANG_VERSION = "SGLang 0.5.10"
-SGLANG_DOCS = (
-    "https://docs.sglang.io/advanced_features/speculative_decoding.html",
-    "https://docs.sglang.io/advanced_features/server_arguments.html",
-)
+# The options of SGLang 0.5.10 (engines/sglang.py SERVE_VERSION): STANDALONE speculative decoding (a small draft
+# LLM, SERVE_DOCS[0], "Standalone Speculative Decoding") and the server arguments (SERVE_DOCS[1]),
+# --disable-cuda-graph among them. The memory share is chosen by engines/sglang.py (engine_share.py).
+SGLANG_VERSION = EXPORT_VERSION
+SGLANG_DOCS = SERVE_DOCS
 
 
 def _sglang(f: _Facts) -> ExportResult:
@@ -28,7 +27,6 @@ def _sglang(f: _Facts) -> ExportResult:
         kv = "auto"
     dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
     _float_dtype_note(f, "SGLang", unsupported)
-    static = _static_fraction(f)  # computed once: the option, its note and the settings read this value
     settings = {"model_path": f.target}
     method_spec = None
     if f.drafting is not None and f.drafting.method not in ("draft-model", "none"):
@@ -44,7 +42,7 @@ def _sglang(f: _Facts) -> ExportResult:
             "speculative_num_draft_tokens": f.k + 1,  # verified per step: k drafts + 1 (topk 1 => num_steps + 1)
         })
     settings.update({
-        "mem_fraction_static": static.value,
+        "mem_fraction_static": None,  # chosen below, from the other settings
         "max_running_requests": f.batch,
         "context_length": f.context,
         "chunked_prefill_size": f.batch * f.chunk,
@@ -56,10 +54,21 @@ def _sglang(f: _Facts) -> ExportResult:
     })
     if f.weight_dtype == "fp8":
         settings["quantization"] = "fp8"
+    if f.enforce_eager:
+        settings["disable_cuda_graph"] = True
+    static = _static_fraction(f)  # refused at 0 or over 1 before anything is sized
+    chosen = choose_share(f, "sglang", settings) if isinstance(f.check, EngineCheck) else str(f.check)
+    if not isinstance(chosen, str):  # one GPU: the largest share SGLang's accounting keeps in the budget
+        static, share_notes = chosen
+        notes += share_notes
+        notes.append("SGLang caps only its static part (weights + KV pool + the CUDA context); the draft's weights "
+                     "and pool, activations and CUDA graphs come on top: the share leaves room for them")
+    else:
+        notes.append(static.note("mem_fraction_static") + " (SGLang's weights + KV pool)")
+        unsupported.append(f"total memory: not checked by SGLang's accounting ({chosen}); SGLang caps only its "
+                           "static part (weights + KV pool); activations and CUDA graphs come on top")
+    settings["mem_fraction_static"] = static.value  # computed once: the option, its note and this
     settings["request"] = {"max_new_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
-    notes.append(static.note("mem_fraction_static") + " (SGLang's weights + KV pool)")
-    unsupported.append("total memory: SGLang caps only its static part (weights + KV pool); activations and CUDA "
-                       "graphs come on top, unbounded by the plan")
     unsupported.append("KV sizing: the KV pool is what mem_fraction_static leaves after the weights, in tokens "
                        "shared by all requests, not batch x context per sequence")
     if f.num_devices > 1:
@@ -80,6 +89,7 @@ def _sglang(f: _Facts) -> ExportResult:
     flags += [("--mem-fraction-static", static), ("--max-running-requests", f.batch),
               ("--context-length", f.context), ("--chunked-prefill-size", settings["chunked_prefill_size"]),
               ("--tp-size", 1), ("--pp-size", f.num_devices), ("--dtype", dtype), ("--kv-cache-dtype", kv),
-              ("--quantization", settings.get("quantization")), ("--random-seed", f.seed)]
+              ("--quantization", settings.get("quantization")), ("--disable-cuda-graph", f.enforce_eager),
+              ("--random-seed", f.seed)]
     command = preamble(f.target_source, f.draft_source) + "python -m sglang.launch_server \\\n  " + _flags(flags)
     return ExportResult("sglang", SGLANG_VERSION, settings, command, unsupported, notes, SGLANG_DOCS)

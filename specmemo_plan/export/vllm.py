@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import shlex
 
+from ..engines.vllm import EXPORT_VERSION, GRAPHS_OUTSIDE_ENV, SERVE_DOCS, VERSION
+from .engine_share import EngineCheck, choose_share
 from .facts import (TORCH_DTYPE_NAMES, ExportResult, Raw, _Facts, _flags, _float_dtype_note, _needs_gpu, _utilization,
                     one_kv_type, preamble, word)
 from .methods import vllm_spec
 
-# vLLM 0.25.0. Draft models through --speculative-config with method "draft_model":
-#   https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/
-# keys of --speculative-config (docs/features/speculative_decoding/configuration.md in the vLLM repo);
-# engine arguments: https://docs.vllm.ai/en/v0.25.0/configuration/engine_args/ ; the pipeline layer split
-# through the VLLM_PP_LAYER_PARTITION environment variable (vllm/envs.py).
-VLLM_VERSION = "vLLM 0.25.0"
-VLLM_DOCS = (
-    "https://docs.vllm.ai/en/v0.25.0/features/speculative_decoding/draft_model/",
-    "https://docs.vllm.ai/en/v0.25.0/configuration/engine_args/",
-)
+# The options of vLLM 0.25.0 (engines/vllm.py SERVE_VERSION, one place for both versions): draft models through
+# --speculative-config with method "draft_model" (SERVE_DOCS[0]); keys of --speculative-config
+# (docs/features/speculative_decoding/configuration.md in the vLLM repo); engine arguments (SERVE_DOCS[1]),
+# --enforce-eager among them; the pipeline layer split through VLLM_PP_LAYER_PARTITION (vllm/envs.py). The
+# memory share is chosen by the vLLM 0.10.1.1 model (engine_share.py); the version line names both.
+VLLM_VERSION = EXPORT_VERSION
+VLLM_DOCS = SERVE_DOCS
 
 
 def _vllm(f: _Facts) -> ExportResult:
@@ -40,11 +39,10 @@ def _vllm(f: _Facts) -> ExportResult:
         unsupported.append("fp32 KV cache with 16-bit weights: vLLM's KV follows the model dtype")
     dtype = TORCH_DTYPE_NAMES.get(f.weight_dtype, "float16")
     _float_dtype_note(f, "vLLM", unsupported)
-    utilization = _utilization(f)  # computed once: the option, its note and the settings read this value
     settings = {
         "model": f.target,
         "speculative_config": spec,
-        "gpu_memory_utilization": utilization.value,
+        "gpu_memory_utilization": None,  # chosen below, from the other settings
         "max_num_seqs": f.batch,
         "max_model_len": f.context,
         "max_num_batched_tokens": f.batch * f.chunk,
@@ -56,10 +54,25 @@ def _vllm(f: _Facts) -> ExportResult:
     }
     if f.weight_dtype == "fp8":
         settings["quantization"] = "fp8"
+    if f.enforce_eager:
+        settings["enforce_eager"] = True
     env = {}
+    utilization = _utilization(f)  # budget / device memory: refused at 0 or over 1 before anything is sized
+    chosen = choose_share(f, "vllm", settings) if isinstance(f.check, EngineCheck) else str(f.check)
+    if not isinstance(chosen, str):  # one GPU: the largest share vLLM's accounting keeps in the budget
+        utilization, share_notes = chosen
+        notes += share_notes
+        env[GRAPHS_OUTSIDE_ENV[0]] = GRAPHS_OUTSIDE_ENV[1]
+        notes.append(f"{GRAPHS_OUTSIDE_ENV[0]}={GRAPHS_OUTSIDE_ENV[1]}: since v0.21.0 vLLM otherwise also takes its "
+                     "own CUDA-graph estimate out of --gpu-memory-utilization; with 0 it captures the graphs after "
+                     f"the KV cache, outside the share, as the {VERSION} accounting the share was chosen by")
+    else:
+        notes.append(utilization.note("gpu_memory_utilization"))
+        notes.append(f"not checked by vLLM's accounting ({chosen}): the CUDA context and CUDA graphs come on top "
+                     "of this share")
+    settings["gpu_memory_utilization"] = utilization.value  # computed once: the option, its note and this
     if f.num_devices > 1:  # one device holds every layer: no partition to give
         env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(n) for n in f.layers_per_device)
-        settings["env"] = env
         notes.append("VLLM_PP_LAYER_PARTITION gives each pipeline stage the plan's decoder layers; vLLM keeps "
                      "the embedding on the first stage and the output layer on the last, as the plan does")
         unsupported.append(f"the draft's device: vLLM places the draft model itself; the plan puts it on device "
@@ -70,8 +83,9 @@ def _vllm(f: _Facts) -> ExportResult:
         if len({d.budget_bytes for d in f.per_device}) > 1:
             unsupported.append("different budgets per device: vLLM takes one --gpu-memory-utilization; "
                                "the smallest device's share is used")
+    if env:
+        settings["env"] = env
     settings["request"] = {"max_tokens": f.max_new_tokens, "temperature": 0.0 if f.greedy else f.temperature}
-    notes.append(utilization.note("gpu_memory_utilization"))
     unsupported.append("KV sizing: vLLM fills what gpu_memory_utilization leaves with paged KV blocks (16 tokens "
                        "each) instead of allocating batch x context; max_num_seqs and max_model_len cap the same "
                        "batch and context, but the pool is not the plan's exact KV bytes")
@@ -86,7 +100,7 @@ def _vllm(f: _Facts) -> ExportResult:
              ("--max-num-batched-tokens", settings["max_num_batched_tokens"]),
              ("--tensor-parallel-size", 1), ("--pipeline-parallel-size", f.num_devices),
              ("--dtype", dtype), ("--kv-cache-dtype", kv), ("--quantization", settings.get("quantization")),
-             ("--seed", f.seed)]
+             ("--enforce-eager", f.enforce_eager), ("--seed", f.seed)]
     prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
     command = (preamble(f.target_source, f.draft_source) + f"{prefix}vllm serve "
                + word(f.target_source.shell) + " \\\n  " + _flags(flags))

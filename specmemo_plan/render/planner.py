@@ -263,3 +263,28 @@ def compare_engine(verdicts) -> str:
         return ""
     head = next(v.engine for v in verdicts if v.engine)
     return "\n\n" + table(rows, ["device", f"{head} starts", "KV cache tokens", "max concurrency", "why not"])
+
+
+def compare_methods(devices, sources: list[str] = ()) -> str:
+    """compare with several draft methods: one row per device and method, side by side (compare.DeviceMethods)."""
+    def speed(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    rows = []
+    for d in devices:
+        if not d.methods:
+            rows.append([d.profile, gib(d.memory_bytes), "-", "-", "-", "-", "-", "-", "-", "-", d.note])
+        for m in d.methods:
+            k = "-" if m.draft_length is None else limit_note(m.draft_length, m.draft_length_limit)
+            best = "*" if d.best_method == m.draft_method and m.pays else ""
+            rows.append([d.profile, gib(d.memory_bytes), m.draft_method + best, k, m.batch or "-",
+                         gib(m.total_bytes) if m.total_bytes is not None else "-", speed(m.plain_tokens_per_s),
+                         speed(m.tokens_per_s), "-" if m.speedup is None else f"{m.speedup:.2f}x",
+                         gib(m.min_budget_bytes) if m.min_budget_bytes else "-", m.note])
+    # the profiles' rows share one acceptance per method (given, or the method's default)
+    roofline = next((d for d in devices if d.methods and not d.profile.startswith("measured:")), None)
+    notes = [f"{m.draft_method}: acceptance {m.acceptance:g} ({m.acceptance_source})"
+             for m in (roofline.methods if roofline else ()) if m.acceptance is not None]
+    text = table(rows, ["device", "GiB", "method", "best k", "batch", "memory GiB", "plain tok/s", "tok/s", "speedup",
+                        "cheapest budget that pays GiB", "note"])
+    return "\n".join([text, "* the fastest method that pays on that device", *notes, *sources])

@@ -56,16 +56,31 @@ def render_tune(plan, report, verified=None) -> str:
     rows = [[c.knobs.draft_length, c.knobs.batch_size, c.knobs.chunk, gib(c.total_bytes),
              f"{c.tokens_per_s:,.1f}", f"{c.speed.speedup:.2f}x"] for c in result.frontier]
     p = plan.prediction
-    lines = [f"wrote plan: k={plan.knobs.draft_length}, batch {plan.knobs.batch_size}, prefill chunk {plan.knobs.chunk}, "
+    method = getattr(report, "draft_method", "none")
+    named = f"{method}, " if report.methods or method not in ("draft-model", "none") else ""
+    lines = [f"wrote plan: {named}k={plan.knobs.draft_length}, batch {plan.knobs.batch_size}, prefill chunk {plan.knobs.chunk}, "
              f"context {plan.knobs.max_context}, predicted {p.tokens_per_s:,.1f} tokens/s "
              f"({p.speedup:.2f}x plain), {describe_bytes(p.memory['total_bytes'])}", prediction_sources(p)]
     lines += [f"note: {n}" for n in report.notes]
+    if report.methods:
+        lines += ["draft methods inside the budget:", tune_methods_table(report.methods)]
     lines.append(f"searched {result.evaluated} configurations in {report.search_seconds * 1e3:.0f} ms; "
                  "memory/throughput frontier:")
     lines.append(table(rows, ["k", "batch", "chunk", "GiB", "tokens/s", "vs plain"]))
     if verified is not None:
         lines.append(render_verify(verified))
     return "\n".join(lines)
+
+
+def tune_methods_table(methods) -> str:
+    """tune over several measured methods: each one's best inside the budget and its verdict (tune.MethodResult)."""
+    rows = []
+    for r in methods:
+        b = r.best
+        rows.append([r.label, r.verdict, b.knobs.draft_length if b else "-", b.knobs.batch_size if b else "-",
+                     gib(b.total_bytes) if b else "-", f"{b.tokens_per_s:,.1f}" if b else "-",
+                     f"{r.speedup:.2f}x" if b else "-", gib(r.min_budget_bytes) if r.min_budget_bytes else "-"])
+    return table(rows, ["method", "verdict", "best k", "batch", "GiB", "tokens/s", "vs plain", "SD min budget GiB"])
 
 
 def render_verify(v) -> str:
