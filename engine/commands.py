@@ -18,6 +18,7 @@ from specmemo_plan.render.workflow import fit_rows, render_tune
 
 DEMO_TARGET = "bundled:smollm2-135m-instruct"
 DEMO_DRAFT = "bundled:smollm2-135m-draft"
+DEMO_HEAD = "bundled:smollm2-135m-eagle"
 # The demo's search: k to 6 and batch to 4 keep its acceptance replay and quick grid near a minute on
 # 2 CPU cores; with the bundled draft (acceptance ~0.37) k >= 3 measured slower than k <= 2 in the
 # README's autotune grid, and the quick grid times batches 1, 2 and 4.
@@ -78,8 +79,9 @@ def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeat
 
 
 @click.command()
-@click.option("--measured", "measured_path", type=click.Path(dir_okay=False), default=None,
-              help="A measured profile from `profile` (else profile now, with --target/--draft).")
+@click.option("--measured", "measured_paths", type=click.Path(dir_okay=False), multiple=True,
+              help="A measured profile from `profile` (else profile now, with --target/--draft); repeat it with "
+                   "profiles of other draft methods of the same target and device to choose among them.")
 @click.option("--target", "-t", default=None,
               help="Target to profile and plan (with --measured: must match the profile's).")
 @click.option("--draft", "-d", default=None, help="Draft model (with --measured: must match the profile's).")
@@ -97,7 +99,7 @@ def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeat
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
 @json_option
 @user_errors
-def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
+def tune(measured_paths, target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, budget, context,
          max_new_tokens, max_batch, retain, verify, output, as_json):
     """Pick k, batch and prefill chunk for the best predicted throughput inside --budget; write the plan.
 
@@ -106,12 +108,19 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
     from specmemo_plan.autotune import read_measured_profile
     from specmemo_plan.plan import write_plan
     from specmemo_plan.tune import tune as tune_plan
+    from specmemo_plan.tune import tune_methods
 
     ctx = click.get_current_context()
-    _check_output(output, measured_path, *model_files(target, draft))
-    if measured_path:
-        measured = read_measured_profile(measured_path)
-        _check_measured_matches(ctx, measured, measured_path, target, draft, dtype)
+    _check_output(output, *measured_paths, *model_files(target, draft))
+    profiles = [read_measured_profile(path) for path in measured_paths]
+    for path, profiled in zip(measured_paths, profiles):
+        _check_measured_matches(ctx, profiled, path, target, draft if len(profiles) == 1 else None, dtype)
+    if len(profiles) > 1:
+        plan, report = tune_methods(profiles, budget, context, max_new_tokens, retain, k_max, max_batch)
+        measured = profiles[[p.draft_method for p in profiles].index(plan.knobs.method(plan.draft is not None))] \
+            if plan.knobs.draft_length else profiles[0]
+    elif profiles:
+        measured = profiles[0]
     elif target:
         from .workflow import check_budget_floor, check_shapes_first
 
@@ -120,7 +129,8 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
         measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context)
     else:
         raise click.UsageError("give --measured FILE, or --target (and --draft) to profile now")
-    plan, report = tune_plan(measured, budget, context, max_new_tokens, retain, k_max, max_batch)
+    if len(profiles) <= 1:
+        plan, report = tune_plan(measured, budget, context, max_new_tokens, retain, k_max, max_batch)
     write_plan(plan, output)
     verified = None
     if verify:
@@ -130,6 +140,16 @@ def tune(measured_path, target, draft, dtype, device, acceptance, num_prompts, k
         verified = verify_plan(plan, measured, device=device)
         plan = write_verified(plan, verified, output)
     emit({"plan": str(output), **plan.to_dict()}, as_json, lambda: render_tune(plan, report, verified))
+
+
+def _draft_fingerprint(ref: str, measured) -> str:
+    """-d as the profile's method reads it (a head by its layout, a draft model by its config)."""
+    from specmemo_plan.drafting.resolve import resolve_draft
+    from specmemo_plan.models import load_shape
+
+    target = load_shape(measured.target["ref"])
+    _, shape, _ = resolve_draft(measured.target["ref"], target, ref, measured.draft_method, measured.head_embedding)
+    return shape.fingerprint if shape is not None else ""
 
 
 PROFILING_ONLY = ("acceptance", "num_prompts", "repeats")  # options that shape a profile run, not the search
@@ -151,7 +171,8 @@ def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
         if profiled is None:
             raise SpecMemoError(f"{flag} {ref}: the measured profile {path} has no {role}",
                                 f"drop {flag}, or profile this pair with `specmemo-plan profile`")
-        if load_shape(ref).fingerprint != profiled["fingerprint"]:
+        given = load_shape(ref).fingerprint if role == "target" else _draft_fingerprint(ref, measured)
+        if given != profiled["fingerprint"]:
             raise SpecMemoError(f"{flag} {ref}: the measured profile {path} timed {profiled['ref']} as the {role}",
                                 f"drop {flag} (the profile decides the models), or profile {ref}")
     if _given(ctx, "dtype") and dtype != measured.target["dtype"]:
@@ -167,6 +188,7 @@ def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
 @click.command()
 @click.option("--target", "-t", default=DEMO_TARGET, show_default=True, help="Target model.")
 @click.option("--draft", "-d", default=DEMO_DRAFT, show_default=True, help="Draft model.")
+@click.option("--head", default=DEMO_HEAD, show_default=True, help="EAGLE-style head of the target ('none': no head).")
 @budget_option(required=False, default="2GiB", help_text="Memory budget for the plan.")
 @click.option("--context", "-c", type=int, default=1024, show_default=True, callback=positive,
               help="Tokens per sequence the plan holds.")
@@ -181,27 +203,34 @@ def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
               help="New tokens per prompt in the acceptance measurement and the engine's runs.")
 @json_option
 @user_errors
-def demo(target, draft, budget, context, output, device, num_prompts, verify_prompts, new_tokens, as_json):
-    """The whole chain on the bundled pair: profile, tune, write the plan, generate, compare.
+def demo(target, draft, head, budget, context, output, device, num_prompts, verify_prompts, new_tokens, as_json):
+    """The whole chain on the bundled target: profile each drafter (the draft model, the EAGLE head, n-gram
+    lookup), tune among them, write the plan, generate, compare with plain decoding.
 
     The first run converts the bundled SmolLM2 GGUF (98 MB, 4-bit) to fp32 safetensors: about 20 s on
     2 CPU cores, writing 517 MB to $SPECMEMO_CACHE (default ~/.cache/specmemo-plan), once per file
     content (every clone and venv holding the same file reuses it). The budget and -o are checked
     before anything is measured."""
-    from specmemo_plan.tune import tune as tune_plan
+    from specmemo_plan.tune import tune_methods
 
     _check_output(output, *model_files(target, draft))  # before torch loads (seconds)
-    from .workflow import check_budget_floor, check_shapes_first, log, profile_pair, verify, write_verified
+    from .method_profile import profile_methods
+    from .workflow import check_budget_floor, check_shapes_first, log, verify, write_verified
 
     check_shapes_first(target, draft, context)
     check_budget_floor(target, "fp32", context, budget, device)
-    log(f"1/3 profiling {target} + {draft} on this device (a quick grid; `profile` measures a fuller one)")
-    measured = profile_pair(target, draft, dtype="fp32", device=device, num_prompts=num_prompts, k_max=DEMO_K_MAX,
-                            max_context=context, repeats=3, quick=True, acceptance_new_tokens=new_tokens)
-    log("2/3 tuning")
-    plan, report = tune_plan(measured, budget, context, max_new_tokens=128, k_max=DEMO_K_MAX,
-                              max_batch=DEMO_MAX_BATCH)
-    log("3/3 generating with the engine (the plan, then plain decoding)")
+    drafters = [("draft-model", draft)] + ([("eagle", head)] if head != "none" else []) + [("ngram", None)]
+    log(f"1/3 profiling {target} with " + ", ".join(f"{m} {r}" if r else m for m, r in drafters)
+        + " on this device (a quick grid; `profile` measures a fuller one)")
+    profiles = profile_methods(target, drafters, dtype="fp32", device=device, num_prompts=num_prompts,
+                               k_max=DEMO_K_MAX, max_context=context, repeats=3, quick=True,
+                               acceptance_new_tokens=new_tokens, max_batch=DEMO_MAX_BATCH)
+    log("2/3 tuning among the methods")
+    plan, report = tune_methods(profiles, budget, context, max_new_tokens=128, k_max=DEMO_K_MAX,
+                                max_batch=DEMO_MAX_BATCH)
+    chosen = plan.knobs.method(plan.draft is not None)
+    measured = next((p for p in profiles if p.draft_method == chosen), profiles[0])
+    log(f"3/3 generating with the engine (the plan: {chosen}, then plain decoding)")
     verified = verify(plan, measured, num_prompts=verify_prompts, max_new_tokens=new_tokens, device=device)
     plan = write_verified(plan, verified, output)
     emit({"plan": str(output), **plan.to_dict()}, as_json,

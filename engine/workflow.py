@@ -270,9 +270,13 @@ def _plain_plan(plan: Plan) -> Plan:
 
 
 def _predict_at_run(plan: Plan, measured: MeasuredProfile, stats: RunStats) -> PredictedAtRun:
+    from specmemo_plan.drafting.resolve import resolve_draft
+
     target = load_shape(plan.target.ref)
-    draft = load_shape(plan.draft.ref) if plan.draft else None
-    kwargs = {"histogram": measured.acceptance_histogram} if plan.draft and measured.acceptance_histogram else {}
+    draft = resolve_draft(plan.target.ref, target, plan.draft.ref if plan.draft else None, plan.knobs.draft_method,
+                          plan.knobs.head_embedding)[1]
+    drafts = plan.knobs.draft_length > 0  # n-gram plans draft without a draft model
+    kwargs = {"histogram": measured.acceptance_histogram} if drafts and measured.acceptance_histogram else {}
     speed = predict_speed(target, draft, plan.knobs, measured.latency(), context=int(stats.mean_context),
                           new_tokens=stats.max_new, **kwargs)
     return PredictedAtRun(speed.tokens_per_s, speed.plain_tokens_per_s, speed.speedup)
@@ -304,7 +308,8 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
         target, draft = models
     else:
         target = load_model(plan.target.ref, plan.knobs.weight_dtype, torch_device)
-        draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device, seed=1) if plan.draft else None
+        model_draft = plan.draft is not None and plan.knobs.method(True) == "draft-model"  # a head: the Engine loads it
+        draft = load_model(plan.draft.ref, plan.knobs.draft_dtype, torch_device, seed=1) if model_draft else None
     draft = draft if plan.draft is not None else None
     prompts = verify_prompts(num_prompts, plan.knobs.batch_size)
     sd = run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens)

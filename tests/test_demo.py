@@ -16,18 +16,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_writes_a_plan_its_notes_describe(tiny_pair, tmp_path):
+    from test_engine_eagle import save_head
+
     target, draft = tiny_pair
+    head = save_head(tmp_path / "head", target, copy_token=False)
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(cli, ["demo", "-t", target, "-d", draft, "--budget", "64MiB", "-c", "128",
-                                      "--prompts", "2", "--verify-prompts", "2", "--new-tokens", "8", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["demo", "-t", target, "-d", draft, "--head", head, "--budget", "64MiB", "-c",
+                                      "128", "--prompts", "2", "--verify-prompts", "2", "--new-tokens", "8", "-o", str(out)])
     assert result.exit_code == 0, result.output
     plan = read_plan(out)
+    # every drafter was profiled and weighed: the draft model, the head, n-gram lookup
+    assert [m["draft_method"] for m in plan.provenance["methods"]] == ["draft-model", "eagle", "ngram"]
     k, batch = plan.knobs.draft_length, plan.knobs.batch_size
     assert plan.measured is not None and plan.measured["decode_tokens_per_s"] > 0
     assert plan.provenance["min_budget_batch"] == batch
 
     # the summary line names the plan in the file, and no note judges another plan
-    assert f"wrote plan: k={k}, batch {batch}," in result.stdout
+    method = plan.knobs.method(plan.draft is not None)
+    assert f"wrote plan: {method}, k={k}, batch {batch}," in result.stdout
     notes = re.findall(r"^note: (.*)$", result.stdout, flags=re.M)
     assert notes == plan.provenance["notes"]
     for note in notes:
@@ -58,7 +64,10 @@ def test_demo_checks_budget_and_output_before_profiling(tiny_pair, tmp_path, mon
     def no_profiling(*args, **kwargs):
         raise AssertionError("profiled before the checks")
 
+    from engine import method_profile
+
     monkeypatch.setattr(workflow, "profile_pair", no_profiling)
+    monkeypatch.setattr(method_profile, "profile_methods", no_profiling)
     target, draft = tiny_pair
     base = ["demo", "-t", target, "-d", draft, "-c", "128"]
     result = CliRunner().invoke(cli, base + ["--budget", "1KiB", "-o", str(tmp_path / "p.json")])

@@ -7,10 +7,10 @@ The head (engine/eagle.py EagleHead): fc over [embedding(x_{p+1}); h_p] -> one L
 the V_d tokens the target predicts most (rows of the target's output layer, frozen), ids mapped back by d2t.
 
 Phases, each with a share of the wall-clock budget (`--minutes`, everything included):
-1. data: the target (bf16, batched greedy generate with KV cache; train/distill_draft.py's
-   generate_answers) answers prompts made from templates (train/prompts.py); then text that ships with
+1. data: the target (bf16, batched greedy generate with KV cache) answers prompts made from templates (train/prompts.py); then text that ships with
    Python (pydoc topics, stdlib docstrings: distill_draft.disk_texts) in the assistant turn of a chat.
-   One bf16 forward per sequence gives the target's last hidden states h (after its final norm).
+   The target's last hidden states h (after its final norm) are caught on that norm while it generates
+   (answers) or in one forward (text): a second pass over the answers would cost as much as generating them.
 2. train: at each answer position p the head reads (h_p, x_{p+1}) and is trained to give h_{p+1}
    (smooth L1) and the target's distribution over the kept tokens at p+1 (soft cross-entropy against
    the target's own logits h_{p+1} W^T), with uniform noise on the input features (EAGLE, arXiv
@@ -43,8 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from distill_draft import (T0, TARGET, check_out, chat_ids, disk_texts, generate_answers, held_out_prompts,  # noqa: E402
-                           log, target_references)
+from distill_draft import (T0, TARGET, check_out, chat_ids, disk_texts, held_out_prompts, log,  # noqa: E402
+                           target_references)
 from prompts import make_prompts  # noqa: E402
 
 from engine.eagle import EagleHead  # noqa: E402
@@ -77,6 +77,49 @@ def features(model, seqs: list[list[int]], batch: int) -> list[torch.Tensor]:
     return out
 
 
+def answers_with_features(model, tok, prompts: list[str], deadline: float, args, eos: set[int]):
+    """Greedy answers of the target (batched generate, KV cache, left padding) and its last hidden states
+    at every position, caught on the final norm while it generates: one forward per token, not two."""
+    from distill_draft import left_pad
+
+    encoded = [e for e in (chat_ids(tok, p) for p in prompts) if len(e) <= args.max_prompt]
+    caught: list[torch.Tensor] = []
+    hook = model.model.norm.register_forward_hook(lambda mod, inp, out: caught.append(out.detach().to(torch.bfloat16)))
+    samples, feats, n_tok, t0 = [], [], 0, time.time()
+    try:
+        chunks = []
+        for start in range(0, len(encoded), args.gen_batch * 8):  # similar lengths together, order kept random
+            group = sorted(encoded[start:start + args.gen_batch * 8], key=len)
+            chunks += [group[i:i + args.gen_batch] for i in range(0, len(group), args.gen_batch)]
+        for b, batch in enumerate(chunks):
+            if time.time() > deadline:
+                break
+            caught.clear()
+            ids, mask = left_pad(batch, tok.pad_token_id)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.max_new,
+                                     do_sample=False, pad_token_id=tok.pad_token_id)
+            h = torch.cat(caught, 1)  # [B, prompt + generated - 1, H]: the last token is never fed
+            P = ids.shape[1]
+            for r, prompt in enumerate(batch):
+                ans = out[r, P:].tolist()
+                n = next((j + 1 for j, t in enumerate(ans) if t in eos), len(ans))
+                if n < 2:
+                    continue
+                pad = P - len(prompt)
+                seq = prompt + ans[:n]
+                samples.append({"ids": seq, "pos0": len(prompt) - 1, "src": 0})
+                feats.append(h[r, pad: pad + len(seq) - 1].clone())  # h at positions 0 .. L-2
+                n_tok += n
+            if b % 5 == 0:
+                log(f"gen batch {b + 1}/{len(chunks)}: {len(samples)} answers, {n_tok} tokens "
+                    f"({n_tok / (time.time() - t0):.0f} tok/s)")
+    finally:
+        hook.remove()
+    log(f"generation done: {len(samples)} answers, {n_tok} answer tokens")
+    return samples, feats
+
+
 def text_samples(tok, texts: list[str], limit: int, seed: int) -> list[dict]:
     r = random.Random(seed)
     items = []
@@ -96,13 +139,10 @@ def make_data(args, tok, eos, held) -> dict:
     texts = disk_texts()
     prompts = [p for p in make_prompts(args.prompts, args.seed, texts) if p not in held]
     log(f"{len(prompts)} prompts, {len(texts)} on-disk paragraphs; answering until {args.gen_until:.0%} of the budget")
-    gen = generate_answers(target, tok, prompts, T0 + args.gen_until * args.minutes * 60, args, eos)
-    samples = [{"ids": s["ids"].tolist(), "pos0": s["pos0"], "src": 0} for s in gen]
+    samples, feats = answers_with_features(target, tok, prompts, T0 + args.gen_until * args.minutes * 60, args, eos)
     deadline = T0 + args.data_until * args.minutes * 60
     text = text_samples(tok, texts[len(texts) // 2:], args.text_tokens, args.seed)
     random.Random(args.seed).shuffle(text)
-    log(f"features of {len(samples)} answers")
-    feats = features(target, [s["ids"] for s in samples], args.feature_batch)
     done_text = []
     for b in range(0, len(text), 64):  # text features until the data phase ends
         if time.time() > deadline:
@@ -172,7 +212,7 @@ def collate(samples, feats, idx):
         s = samples[i]
         L = len(s["ids"])
         ids[r, :L] = torch.tensor(s["ids"])
-        h[r, :L] = feats[i]
+        h[r, : len(feats[i])] = feats[i]  # answers: h at 0 .. L-2 (the last token was never fed)
         loss_mask[r, s["pos0"]: L - 2] = True  # pair p predicts h_{p+1}; step 2 needs p+2 <= L-1
     return ids, h.float(), loss_mask
 
