@@ -26,7 +26,7 @@ STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv",
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_DRAFT_METHODS = ("draft-model", "eagle", "ngram", "none")  # specmemo_plan/drafting/methods.py names the others
-TREE_METHODS = ("ngram",)  # engine/tree.py verifies any tree; n-gram drafting proposes them (engine/ngram.py)
+TREE_METHODS = ("eagle", "ngram")  # engine/tree.py verifies; engine/eagle_tree.py and engine/ngram.py grow them
 # The bundled profile every CPU matches (hardware/matching.py): a plan made `--profile cpu` names no machine,
 # so its identity cannot be checked, only its memory.
 GENERIC_CPU_PROFILE = "cpu"
@@ -47,6 +47,10 @@ def check_supported(plan: Plan) -> None:
     if not knobs.tree.is_chain and method not in TREE_METHODS:
         raise refuse("knobs.tree_topk", f"the engine verifies token trees for {', '.join(TREE_METHODS)} drafting, not "
                      f"{method} (top-k {knobs.tree.topk})", "plan a chain (drop --tree-topk)")
+    if method == "eagle" and not knobs.tree.is_chain:
+        from .eagle_tree import check_tree_slots
+
+        check_tree_slots(knobs.tree)
     if method == "eagle" and knobs.embedding_policy != "shared":
         raise refuse("knobs.head_embedding", "the engine's EAGLE head reads the target's embedding, it holds no copy",
                      "plan the head with --head-embedding shared")

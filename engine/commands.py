@@ -152,6 +152,21 @@ def _draft_fingerprint(ref: str, measured) -> str:
     return shape.fingerprint if shape is not None else ""
 
 
+def _head_there(head: str) -> bool:
+    """Whether the demo can weigh the head: 'none' skips it; a missing one is said and skipped."""
+    from specmemo_plan.drafting.heads import read_head_config
+    from specmemo_plan.errors import SpecMemoError
+
+    if head == "none":
+        return False
+    try:
+        read_head_config(head)
+        return True
+    except SpecMemoError as exc:
+        click.echo(f"note: no EAGLE head ({exc}); weighing the draft model and n-gram lookup", err=True)
+        return False
+
+
 PROFILING_ONLY = ("acceptance", "num_prompts", "repeats")  # options that shape a profile run, not the search
 
 
@@ -219,7 +234,7 @@ def demo(target, draft, head, budget, context, output, device, num_prompts, veri
 
     check_shapes_first(target, draft, context)
     check_budget_floor(target, "fp32", context, budget, device)
-    drafters = [("draft-model", draft)] + ([("eagle", head)] if head != "none" else []) + [("ngram", None)]
+    drafters = [("draft-model", draft)] + ([("eagle", head)] if _head_there(head) else []) + [("ngram", None)]
     log(f"1/3 profiling {target} with " + ", ".join(f"{m} {r}" if r else m for m, r in drafters)
         + " on this device (a quick grid; `profile` measures a fuller one)")
     profiles = profile_methods(target, drafters, dtype="fp32", device=device, num_prompts=num_prompts,

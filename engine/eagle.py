@@ -156,6 +156,12 @@ class HeadDrafter:
         read = self.cache.read_length
         attention = mask[: tokens.shape[0], :, :n, :read]
         torch.le(torch.arange(read, device=self.device), positions[:, None, :, None], out=attention)
+        return self.forward_at(tokens, hidden, positions, attention)
+
+    def forward_at(self, tokens: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+                   attention: torch.Tensor) -> torch.Tensor:
+        """`forward` with the positions [B, n] and the mask [B, 1, n, R] given (a tree's nodes: slots by
+        index, engine/eagle_tree.py); the cache's write is set by the caller."""
         dtype = self.head.fc.weight.dtype
         with packed_attention(self.head.config):
             return self.head(self.embed(tokens).to(dtype), hidden.to(dtype), positions, attention, self.cache)
@@ -168,6 +174,20 @@ class HeadDrafter:
         return ids if self.d2t is None else self.d2t[ids]
 
 
+def catch_up(head: HeadDrafter, buf: StepBuffers, tokens: list[list[int]], pending: list[int],
+             lengths: list[int]) -> torch.Tensor:
+    """One head forward over each row's pending pairs (right-padded to the longest): [B, H], the feature at
+    each row's last real pair, the head's guess of the target's h at position L-1."""
+    B, c = len(tokens), max(pending)
+    L = buf.lengths[:B]
+    ids = torch.tensor([seq[len(seq) - p :] + [seq[-1]] * (c - p) for seq, p in zip(tokens, pending)],
+                       device=head.device)  # [B, c]: x_{L-p} .. x_{L-1}, padded
+    p_dev = torch.tensor(pending, device=head.device)
+    starts = [n - 1 - p for n, p in zip(lengths, pending)]
+    features = head.forward(ids, buf.draft_hidden_states[:B, :c], starts, L - 1 - p_dev, buf.verify_mask)
+    return features[torch.arange(B, device=head.device), p_dev - 1]
+
+
 def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: list[list[int]], pending: list[int],
                lengths: list[int], sampler: Sampler, sync=lambda: None) -> StepOutput:
     """Advance every row by its accepted drafts plus one token. `tokens[b]`: row b's committed tokens,
@@ -176,18 +196,11 @@ def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: lis
     B, k = len(tokens), buf.draft_tokens.shape[1]
     L = buf.lengths[:B]
     drafts, q, logits = buf.draft_tokens[:B], buf.draft_logits[:B, :k], buf.target_logits[:B]
-    pairs = buf.draft_hidden_states[:B]  # [B, k+1, H]
+    pairs = buf.draft_hidden_states[:B]  # [B, k+1, H]: the verify's hidden states, the next pending pairs
     t0 = time.perf_counter()
 
-    # 1. catch-up: the pending pairs, right-padded; the output at each row's last real pair drafts d_1
-    c = max(pending)
-    ids = torch.tensor([seq[len(seq) - p :] + [seq[-1]] * (c - p) for seq, p in zip(tokens, pending)],
-                       device=head.device)  # [B, c]: x_{L-p} .. x_{L-1}, padded
-    p_dev = torch.tensor(pending, device=head.device)
-    starts = [n - 1 - p for n, p in zip(lengths, pending)]
-    features = head.forward(ids, pairs[:, :c], starts, L - 1 - p_dev, buf.verify_mask)  # [B, c, H]
-    rows = torch.arange(B, device=head.device)
-    feature = features[rows, p_dev - 1]  # [B, H]: the guess of h at position L-1
+    # 1. catch-up: the pending pairs; the output at each row's last real pair drafts d_1
+    feature = catch_up(head, buf, tokens, pending, lengths)  # [B, H]: the guess of h at position L-1
 
     # 2. draft d_1 .. d_k, one pair per forward after the first
     q_ids = torch.empty_like(drafts)  # [B, k]: the drafts as the head's ids (sampling reads q by them)

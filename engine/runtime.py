@@ -29,6 +29,7 @@ from specmemo_plan.plan import Plan, read_plan
 from . import memory_probe
 from .cache import allocate_caches
 from .eagle import HeadDrafter, eagle_step, head_shape_of, load_plan_head
+from .eagle_tree import eagle_tree_step
 from .checks import STATIC_COMPONENTS, check_model_type, check_prediction, check_supported, refuse, resolve_device
 from .forward import Decoder
 from .loading import LoadedModel, load_model
@@ -236,8 +237,11 @@ class Engine:
                                if self.tree is not None else
                                ngram_step(self.target, self.buffers, seqs, lens, self.sampler, self.k, self._sync))
                     elif self.head is not None:  # pending pairs: the last step's accepted + 1 (1 after a prefill)
-                        out = eagle_step(self.target, self.head, self.buffers, [r.tokens for r in rows],
-                                         [r.pending for r in rows], lens, self.sampler, self._sync)
+                        seqs, pending = [r.tokens for r in rows], [r.pending for r in rows]
+                        out = (eagle_tree_step(self.target, self.head, self.buffers, seqs, pending, lens, self.sampler,
+                                               self.tree, self._sync) if self.tree is not None else
+                               eagle_step(self.target, self.head, self.buffers, seqs, pending, lens, self.sampler,
+                                          self._sync))
                     else:
                         # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
                         c = max(n - r.draft_valid for r, n in zip(rows, lens))

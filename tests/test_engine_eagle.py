@@ -199,3 +199,77 @@ def test_sampling_is_lossless_chi_square(tiny_vocab_pair, tmp_path):
     pvalues = [_chi2_pvalue(np.bincount(samples[:, j], minlength=V), marginals[j]) for j in range(4)]
     pvalues.append(_chi2_pvalue(np.bincount(samples[:, 0] * V + samples[:, 1], minlength=V * V), joint12))
     assert min(pvalues) > 1e-3, pvalues
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def eagle_tree_plan(target: str, head: str, depth: int, topk: int, tokens: int, **kwargs):
+    plan = eagle_plan(target, head, tokens, **kwargs)
+    from specmemo_plan.plan import make_plan
+
+    knobs = dataclasses.replace(plan.knobs, tree_depth=depth, tree_topk=topk)
+    t_shape = load_shape(target)
+    return make_plan(target, t_shape, head, head_shape("eagle", head, t_shape), knobs, plan.device,
+                     plan.budget_bytes, generation=plan.generation)
+
+
+@pytest.mark.parametrize("which,depth,topk,tokens,batch", [("full", 3, 2, 5, 1), ("trimmed", 3, 3, 8, 4),
+                                                           ("random", 2, 4, 6, 4), ("full", 4, 2, 8, 4)])
+def test_tree_greedy_equals_plain(cycle, which, depth, topk, tokens, batch):
+    max_new = 20
+    plan = eagle_tree_plan(cycle["target"], cycle[which], depth, topk, tokens, batch_size=batch, max_context=64,
+                           max_new_tokens=max_new)
+    engine = Engine(plan, tokenizer=None)
+    assert engine.tree is not None and engine.static_bytes()["candidate_buffers"] == \
+        plan.prediction.memory["components"]["candidate_buffers"]
+    prompts = PROMPTS[:batch]
+    result = engine.generate(prompts, ignore_eos=True)
+    for prompt, out, want in zip(prompts, result.outputs, plain_outputs(cycle["target"], prompts, max_new)):
+        assert out.token_ids == want, prompt
+    hist = result.stats.accepted_histogram
+    assert len(hist) == depth + 1
+    if which != "random":
+        assert sum(hist[1:]) > 0
+
+
+def test_tree_accepts_more_than_its_chain(cycle):
+    """The same head and depth: a tree of top-k 3 accepts at least what the chain accepts, per step."""
+    chain = Engine(eagle_plan(cycle["target"], cycle["trimmed"], 3, max_context=64, max_new_tokens=24), tokenizer=None)
+    tree = Engine(eagle_tree_plan(cycle["target"], cycle["trimmed"], 3, 3, 9, max_context=64, max_new_tokens=24),
+                  tokenizer=None)
+    per_step = []
+    for engine in (chain, tree):
+        stats = [engine.generate([p], ignore_eos=True).stats for p in PROMPTS]
+        per_step.append(sum(s.new_tokens for s in stats) / sum(s.steps for s in stats))
+    assert per_step[1] >= per_step[0]
+
+
+def test_tree_sampling_is_lossless_chi_square(tiny_vocab_pair, tmp_path):
+    """Recursive rejection sampling over the head's tree (engine/tree.py): x1 .. x4 and (x1, x2) follow the
+    target's exact distribution."""
+    from safetensors.torch import save_file
+
+    V, T, N, prompt = 16, 0.8, 3000, [1, 2, 3]
+    cfg = head_config(vocab=V)
+    torch.manual_seed(2)
+    save_file({k: v.contiguous() for k, v in EagleHead(cfg).state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    plan = eagle_tree_plan(tiny_vocab_pair[0], str(tmp_path), 2, 3, 5, batch_size=N, max_context=12,
+                           max_new_tokens=4, sampling="sample", temperature=T, seed=3)
+    result = Engine(plan, tokenizer=None).generate([prompt] * N)
+    samples = np.array([o.token_ids for o in result.outputs])
+    assert sum(result.stats.accepted_histogram[1:]) > 0
+    marginals, joint12 = _exact_marginals(tiny_vocab_pair[0], prompt, V, T)
+    pvalues = [_chi2_pvalue(np.bincount(samples[:, j], minlength=V), marginals[j]) for j in range(4)]
+    pvalues.append(_chi2_pvalue(np.bincount(samples[:, 0] * V + samples[:, 1], minlength=V * V), joint12))
+    assert min(pvalues) > 1e-3, pvalues
+
+
+def test_tree_that_outgrows_the_head_slots_is_refused(cycle):
+    from engine.checks import check_supported
+    from specmemo_plan.errors import SpecMemoError
+
+    plan = eagle_tree_plan(cycle["target"], cycle["full"], 5, 4, 8, max_context=64)
+    with pytest.raises(SpecMemoError, match=r"^knobs\.tree_topk: an EAGLE tree of depth 5 and top-k 4 writes 16"):
+        check_supported(plan)

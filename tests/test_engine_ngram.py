@@ -275,7 +275,7 @@ def test_trees_refused_for_draft_models(tiny_pair):
 
     plan = make_test_plan(*tiny_pair, draft_length=4)
     tree = dataclasses.replace(plan, knobs=dataclasses.replace(plan.knobs, tree_topk=2, tree_depth=2))
-    with pytest.raises(SpecMemoError, match=r"^knobs\.tree_topk: the engine verifies token trees for ngram drafting, "
+    with pytest.raises(SpecMemoError, match=r"^knobs\.tree_topk: the engine verifies token trees for eagle, ngram drafting, "
                                             r"not draft-model"):
         check_supported(tree)
 

@@ -202,11 +202,22 @@ def presets(as_json):
     for name, (_, package, _) in BUNDLED_MODELS.items():
         ref = f"bundled:{name}"
         try:
-            shape = load_shape(ref)
+            shape = _bundled_shape(ref)
             rows.append(_preset_row(ref, shape, "real (bundled)", shape.source))
         except SpecMemoError as exc:  # its package is not installed: say how to get it
             rows.append({"name": ref, "weights": "missing", "source": package, "note": str(exc)})
     emit({"presets": rows}, as_json, lambda: render.presets(rows))
+
+
+def _bundled_shape(ref: str):
+    """A bundled model's shape; a bundled EAGLE head's by its layout, as the draft of the bundled target."""
+    from ..drafting.heads import head_shape
+    from ..drafting.resolve import declared_method
+
+    method = declared_method(ref)
+    if method is None:
+        return load_shape(ref)
+    return head_shape(method, ref, load_shape("bundled:smollm2-135m-instruct"))
 
 
 def _preset_row(name: str, shape, weights: str, source: str) -> dict:
