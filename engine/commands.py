@@ -65,15 +65,36 @@ def _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repea
 @click.option("--context", "-c", type=int, default=2048, show_default=True, callback=positive, help="Longest context to profile.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=8, show_default=True,
               help="Largest batch in the latency grid (powers of two up to it, and it).")
+@click.option("--draft-method", type=click.Choice(["draft-model", "eagle", "ngram"]), default=None,
+              help="How to draft: a draft model, an EAGLE head (-d its folder), or n-gram lookup (no -d); "
+                   "default: what the -d file declares. Profiles of several methods feed `tune --measured` repeated.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Measured profile (JSON) to write.")
 @json_option
 @user_errors
-def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch, output, as_json):
-    """Measure forward latencies and the pair's acceptance on this device; fit t(B, n, S)."""
+def profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch, draft_method,
+            output, as_json):
+    """Measure forward latencies and the drafter's acceptance on this device; fit t(B, n, S)."""
     _check_output(output, *model_files(target, draft))  # before torch loads (seconds)
+    from specmemo_plan.drafting.resolve import declared_method
+    from specmemo_plan.errors import SpecMemoError
+
     from .workflow import save_measured
 
-    measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch)
+    method = draft_method or ((declared_method(draft) or "draft-model") if draft else None)
+    if method == "ngram" and draft:
+        raise SpecMemoError("--draft-method ngram drafts from the sequence itself, but -d is given", "drop -d")
+    if method == "eagle" and not draft:
+        raise SpecMemoError("--draft-method eagle needs the head", "give -d with the head's folder")
+    if method in ("eagle", "ngram"):
+        if acceptance is not None:
+            raise SpecMemoError(f"--acceptance: a {method} profile measures acceptance with the engine",
+                                "drop --acceptance")
+        from .method_profile import profile_methods
+
+        measured = profile_methods(target, [(method, draft)], dtype, device, num_prompts, k_max, context, repeats,
+                                   max_batch=max_batch)[0]
+    else:
+        measured = _profile(target, draft, dtype, device, acceptance, num_prompts, k_max, repeats, context, max_batch)
     save_measured(measured, output)
     emit(asdict(measured), as_json, lambda: "\n".join([f"wrote {output}", fit_rows(measured)]))
 
