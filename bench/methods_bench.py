@@ -6,7 +6,8 @@
 Rows (each a generate call per prompt; rows run interleaved prompt by prompt, order rotated; the
 median over --repeats passes of each row's tokens/s):
 - engine plain (k = 0), engine + draft model (bundled:smollm2-135m-draft), engine + EAGLE head chain
-  (bundled:smollm2-135m-eagle), engine + n-gram chain (prompt lookup), each at k;
+  (bundled:smollm2-135m-eagle), the same head's tree (--tree depth,top-k,T), engine + n-gram chain (prompt
+  lookup), chains at k;
 - transformers generate: plain greedy; assisted with the draft model (num_assistant_tokens = k,
   constant schedule, no confidence stop: always k drafts, as the engine); prompt lookup
   (prompt_lookup_num_tokens = k, its default max_matching_ngram_size 2).
@@ -61,9 +62,13 @@ def engines(args, target, draft, tokenizer, spec, context: int) -> dict:
     out = {"engine plain": Engine(plan(None, None), target=target, tokenizer=tokenizer)}
     out["engine + draft model"] = Engine(plan(DRAFT, draft.shape, draft_length=args.k), target=target, draft=draft,
                                          tokenizer=tokenizer)
-    h_shape = head_shape("eagle", HEAD, target.shape)
-    out["engine + EAGLE head"] = Engine(plan(HEAD, h_shape, draft_length=args.k, draft_method="eagle"),
+    h_shape = head_shape("eagle", args.head, target.shape)
+    out["engine + EAGLE head"] = Engine(plan(args.head, h_shape, draft_length=args.k, draft_method="eagle"),
                                         target=target, tokenizer=tokenizer)
+    depth, topk, tokens = args.tree
+    out[f"engine + EAGLE tree (d{depth} k{topk} T{tokens})"] = Engine(
+        plan(args.head, h_shape, draft_length=tokens, draft_method="eagle", tree_depth=depth, tree_topk=topk),
+        target=target, tokenizer=tokenizer)
     out["engine + n-gram"] = Engine(plan(None, None, draft_length=args.k, draft_method="ngram"), target=target,
                                     tokenizer=tokenizer)
     return out
@@ -144,7 +149,7 @@ def run(args) -> dict:
         row["vs_engine_plain"] = row["tokens_per_s"] / rows["engine plain"]["tokens_per_s"]
         row["vs_transformers_plain"] = row["tokens_per_s"] / rows["transformers plain"]["tokens_per_s"]
         row["vs_assisted"] = row["tokens_per_s"] / rows["transformers assisted (draft model)"]["tokens_per_s"]
-    return {"target": args.target, "draft": DRAFT, "head": HEAD, "k": k, "dtype": args.dtype,
+    return {"target": args.target, "draft": DRAFT, "head": args.head, "k": k, "dtype": args.dtype,
             "threads": torch.get_num_threads(), "prompts": len(prompts), "max_new_tokens": max_new,
             "repeats": args.repeats, "methods": rows}
 
@@ -168,12 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("-k", "--draft-length", dest="k", type=int, default=3)
+    ap.add_argument("--head", default=HEAD, help=f"the EAGLE head (default {HEAD})")
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--prompts-file", help="one prompt per line instead of the calibration prompts")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per method, median kept")
+    ap.add_argument("--tree", type=lambda v: tuple(int(x) for x in v.split(",")), default=(3, 2, 6),
+                    help="the EAGLE tree's depth,top-k,tokens (default 3,2,6)")
     ap.add_argument("--json", action="store_true")
     return ap
 
