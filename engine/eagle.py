@@ -67,9 +67,8 @@ class EagleHead(nn.Module):
         self.layers[0].input_layernorm = nn.Identity()  # EAGLE-1: the fused input is not normalised
         self.rotary = LlamaRotaryEmbedding(self.config)
         self.lm_head = nn.Linear(H, V_d, bias=False) if V_d != V else None
-        # d2t [V_d]: head id -> target id. A buffer of the plan (draft_d2t), filled by the engine; kept here
-        # (not persistent) for training and evaluation outside the engine
-        self.register_buffer("d2t", torch.arange(V_d), persistent=False)
+        if self.lm_head is not None:  # d2t [V_d]: head id -> target id; in the engine, the plan's draft_d2t
+            self.register_buffer("d2t", torch.arange(V_d), persistent=False)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, mask=None,
                 cache=None) -> torch.Tensor:
@@ -144,6 +143,7 @@ class HeadDrafter:
         self.d2t = d2t  # [V_d] int64 (the plan's draft_d2t buffer) or None: ids are the target's
         if d2t is not None:
             d2t.copy_(head.d2t)
+            head.d2t = d2t  # one copy, the plan's
         self.device = self.out.device
 
     def forward(self, tokens: torch.Tensor, hidden: torch.Tensor, starts: list[int], start_tensor: torch.Tensor,

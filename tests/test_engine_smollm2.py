@@ -104,3 +104,34 @@ def test_smollm2_with_the_trained_draft(smollm2):
                     target=target, tokenizer=tokenizer)
     ids = engine.encode("Give me three tips for sleeping well.")
     assert engine.generate([ids]).outputs[0].token_ids == _hf_greedy(target.model, ids, 16)
+
+
+@pytest.mark.parametrize("tree", [None, (3, 2, 6)])
+def test_smollm2_with_the_bundled_eagle_head(smollm2, tree):
+    """The committed head (bundled:smollm2-135m-eagle) as chain and tree, batch 2 with prompts of different
+    lengths: greedy output equal to the target's generate, and drafts accepted."""
+    import dataclasses
+
+    from engine.runtime import Engine
+    from specmemo_plan.drafting.heads import head_shape
+    from specmemo_plan.models import load_shape
+    from specmemo_plan.plan import make_plan
+
+    target, _, tokenizer = smollm2
+    head = "bundled:smollm2-135m-eagle"
+    base = make_test_plan(TARGET, None, max_context=160, max_new_tokens=24, batch_size=2)
+    knobs = dataclasses.replace(base.knobs, draft_method="eagle", draft_length=tree[2] if tree else 3,
+                                tree_depth=tree[0] if tree else None, tree_topk=tree[1] if tree else None)
+    shape = load_shape(TARGET)
+    plan = make_plan(TARGET, shape, head, head_shape("eagle", head, shape), knobs, base.device, base.budget_bytes,
+                     generation=base.generation)
+    engine = Engine(plan, target=target, tokenizer=tokenizer)
+    assert not engine.random_weights["draft"]
+    ids = [engine.encode(p) for p in ("List three primary colours.", "Explain in two sentences why the sky is "
+                                      "blue, for a child who asked at bedtime.")]
+    result = engine.generate(ids, max_new_tokens=24)
+    for prompt_ids, out in zip(ids, result.outputs):
+        want = _hf_greedy(target.model, prompt_ids, 24)
+        assert out.token_ids == want[: len(out.token_ids)] and (len(out.token_ids) == 24 or out.stop_reason == "eos")
+    assert sum(result.stats.accepted_histogram[1:]) > 0
+    assert engine.static_bytes()["draft_weights"] == plan.prediction.memory["components"]["draft_weights"]
