@@ -173,6 +173,22 @@ def _draft_fingerprint(ref: str, measured) -> str:
     return shape.fingerprint if shape is not None else ""
 
 
+def demo_dtype(device: str | None) -> str:
+    """bf16 where it is the fast path: a GPU, or a CPU with bf16 dot products (avx512_bf16, amx_bf16; on
+    this project's 2-core EPYC a bf16 decode step is 1.8x faster than fp32 and a verify of 8 tokens costs
+    1.2 steps against fp32's 2+: README, bench/methods_bench.py); fp32 elsewhere (no bf16 instructions:
+    bf16 is emulated and slower)."""
+    import torch
+
+    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return "bf16"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "fp32"
+    return "bf16" if " avx512_bf16" in flags or " amx_bf16" in flags else "fp32"
+
+
 def _head_there(head: str) -> bool:
     """Whether the demo can weigh the head: 'none' skips it; a missing one is said and skipped."""
     from specmemo_plan.drafting.heads import read_head_config
@@ -237,9 +253,12 @@ def _check_measured_matches(ctx, measured, path, target, draft, dtype) -> None:
               help="Calibration prompts the engine generates for, with the plan and with plain decoding.")
 @click.option("--new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="New tokens per prompt in the acceptance measurement and the engine's runs.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Weights and compute; auto: bf16 on a GPU or a CPU with bf16 instructions, else fp32.")
 @json_option
 @user_errors
-def demo(target, draft, head, budget, context, output, device, num_prompts, verify_prompts, new_tokens, as_json):
+def demo(target, draft, head, budget, context, output, device, num_prompts, verify_prompts, new_tokens, dtype,
+         as_json):
     """The whole chain on the bundled target: profile each drafter (the draft model, the EAGLE head, n-gram
     lookup), tune among them, write the plan, generate, compare with plain decoding.
 
@@ -254,11 +273,12 @@ def demo(target, draft, head, budget, context, output, device, num_prompts, veri
     from .workflow import check_budget_floor, check_shapes_first, log, verify, write_verified
 
     check_shapes_first(target, draft, context)
-    check_budget_floor(target, "fp32", context, budget, device)
+    dtype = demo_dtype(device) if dtype == "auto" else dtype
+    check_budget_floor(target, dtype, context, budget, device)
     drafters = [("draft-model", draft)] + ([("eagle", head)] if _head_there(head) else []) + [("ngram", None)]
     log(f"1/3 profiling {target} with " + ", ".join(f"{m} {r}" if r else m for m, r in drafters)
         + " on this device (a quick grid; `profile` measures a fuller one)")
-    profiles = profile_methods(target, drafters, dtype="fp32", device=device, num_prompts=num_prompts,
+    profiles = profile_methods(target, drafters, dtype=dtype, device=device, num_prompts=num_prompts,
                                k_max=DEMO_K_MAX, max_context=context, repeats=3, quick=True,
                                acceptance_new_tokens=new_tokens, max_batch=DEMO_MAX_BATCH)
     log("2/3 tuning among the methods")

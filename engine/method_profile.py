@@ -30,7 +30,8 @@ from specmemo_plan.plan import Generation, make_plan
 from .cache import StaticKVCache
 from .eagle import HeadDrafter, load_head, read_head_folder
 from .forward import Decoder
-from .loading import LoadedModel, load_model
+from . import loading  # loading.load_model read at call time (tests guard it by patching the module)
+from .loading import LoadedModel
 from .profiling import _sync, calibration_prompts, default_grid, measure_acceptance, measure_latencies
 from .results import Stats
 
@@ -94,7 +95,7 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
     from .workflow import _this_device
 
     spec, torch_device, _ = _this_device(device)
-    target = load_model(target_ref, dtype, torch_device)
+    target = loading.load_model(target_ref, dtype, torch_device)
     grid = default_grid(torch.device(torch_device), max_context, quick, max_batch)
     t0 = time.perf_counter()
     t_samples = measure_latencies(target, "target", dtype, grid["batches"], grid["token_counts"], grid["contexts"],
@@ -107,7 +108,7 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
         t1 = time.perf_counter()
         samples, d_fit, d_shape, draft_entry, histogram, info = [], None, None, None, None, {}
         if method == "draft-model":
-            draft = load_model(ref, dtype, torch_device, seed=1)
+            draft = loading.load_model(ref, dtype, torch_device, seed=1)
             samples = measure_latencies(draft, "draft", dtype, grid["batches"], [1, 2], grid["contexts"], repeats)
             d_shape = draft.shape
             histogram, info = measure_acceptance(target, draft, target_ref, dtype, k_max, num_prompts,
