@@ -288,14 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+def bench_main(parser: argparse.ArgumentParser, run_fn, render_fn, argv=None) -> None:
+    """Parse, run, print the table (or --json); a SpecMemoError is one line and exit 2 (the benches' CLI)."""
+    args = parser.parse_args(argv)
     try:
-        report = run(args)
+        report = run_fn(args)
     except SpecMemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    print(json.dumps(report, indent=2) if args.json else render_fn(report))
+
+
+def main(argv=None) -> None:
+    bench_main(build_parser(), run, render, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ and whether its tokens equal transformers' plain greedy output.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from engine_bench import Measure, bench_prompts, log  # noqa: E402
+from engine_bench import Measure, bench_main, bench_prompts, log  # noqa: E402
 
 from engine.loading import load_model, load_tokenizer  # noqa: E402
 from engine.results import Stats  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
 from specmemo_plan.drafting.heads import head_shape  # noqa: E402
-from specmemo_plan.errors import SpecMemoError  # noqa: E402
 from specmemo_plan.hardware import this_device  # noqa: E402
 from specmemo_plan.memory import Knobs  # noqa: E402
 from specmemo_plan.plan import Generation, make_plan  # noqa: E402
@@ -187,13 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except SpecMemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    bench_main(build_parser(), run, render, argv)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ TEXT_ASKS = ["Tell me more.", "Can you explain this topic?", "Describe it in det
 
 def features(model, seqs: list[list[int]], batch: int) -> list[torch.Tensor]:
     """The target's last hidden states [n, H] (bf16) of each sequence, right-padded batches."""
-    out = []
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     result: dict[int, torch.Tensor] = {}
     for b in range(0, len(order), batch):
@@ -73,8 +72,7 @@ def features(model, seqs: list[list[int]], batch: int) -> list[torch.Tensor]:
             h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         for r, i in enumerate(idx):
             result[i] = h[r, : len(seqs[i])].to(torch.bfloat16).clone()
-    out = [result[i] for i in range(len(seqs))]
-    return out
+    return [result[i] for i in range(len(seqs))]
 
 
 def answers_with_features(model, tok, prompts: list[str], deadline: float, args, eos: set[int]):
@@ -376,9 +374,8 @@ def parse_args():
     ap.add_argument("--gen-batch", type=int, default=96)
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--max-prompt", type=int, default=200)
-    ap.add_argument("--topk", type=int, default=1)
     ap.add_argument("--text-tokens", type=int, default=192)
-    ap.add_argument("--feature-batch", type=int, default=16)
+    ap.add_argument("--feature-batch", type=int, default=16, help="sequences per forward for the text's hidden states")
     ap.add_argument("--eval-tokens", type=int, default=128)
     ap.add_argument("--vocab-keep", type=int, default=8192)
     ap.add_argument("--lr", type=float, default=1e-3)
