@@ -15,7 +15,7 @@ import click
 
 # name -> "module:attribute" of a click command, imported when the command is looked up
 COMMANDS = {
-    "presets": "specmemo_plan.cli.calculator:presets",
+    "presets": "specmemo_plan.cli.presets:presets",
     "estimate": "specmemo_plan.cli.calculator:estimate",
     "min-budget": "specmemo_plan.cli.calculator:min_budget_cmd",
     "fit": "specmemo_plan.cli.calculator:fit",

@@ -14,8 +14,8 @@ import click
 from .. import budget as budget_mod
 from ..errors import SpecMemoError
 from ..files import check_output_path
-from ..memory import WEIGHT_DTYPES, Knobs, breakdown, candidate_buffer_specs, kv_token_bytes
-from ..models import BUNDLED_MODELS, check_pair, list_presets, load_preset_config, load_shape
+from ..memory import WEIGHT_DTYPES, Knobs, breakdown, candidate_buffer_specs
+from ..models import check_pair, load_shape
 from ..placement import DEFAULT_POLICY, POLICIES, split_layers
 from ..drafting.methods import get_method
 from ..drafting.resolve import check_method_limits, resolve_draft
@@ -189,44 +189,6 @@ def acceptance_given(acceptance: float | None, method: str = "draft-model") -> t
 
 
 # ----------------------------------------------------------------------------- commands
-
-
-@click.command()
-@json_option
-@user_errors
-def presets(as_json):
-    """List the model presets (real config.json files, no weights: the engine runs them with random
-    weights) and the bundled models (real weights, `bundled:NAME`), each usable as --target/--draft."""
-    rows = [_preset_row(name, load_shape(name), "none (random)", load_preset_config(name).get("_specmemo_source", ""))
-            for name in list_presets()]
-    for name, (_, package, _) in BUNDLED_MODELS.items():
-        ref = f"bundled:{name}"
-        try:
-            shape = _bundled_shape(ref)
-            rows.append(_preset_row(ref, shape, "real (bundled)", shape.source))
-        except SpecMemoError as exc:  # its package is not installed: say how to get it
-            rows.append({"name": ref, "weights": "missing", "source": package, "note": str(exc)})
-    emit({"presets": rows}, as_json, lambda: render.presets(rows))
-
-
-def _bundled_shape(ref: str):
-    """A bundled model's shape; a bundled EAGLE head's by its layout, as the draft of the bundled target."""
-    from ..drafting.heads import head_shape
-    from ..drafting.resolve import declared_method
-
-    method = declared_method(ref)
-    if method is None:
-        return load_shape(ref)
-    return head_shape(method, ref, load_shape("bundled:smollm2-135m-instruct"))
-
-
-def _preset_row(name: str, shape, weights: str, source: str) -> dict:
-    return {
-        "name": name, "weights": weights, "source": source, "model_type": shape.model_type,
-        "num_params": shape.num_params, "num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads,
-        "head_dim": shape.head_dim, "vocab_size": shape.vocab_size,
-        "kv_bytes_per_token_fp16": kv_token_bytes(shape, "fp16"),
-    }
 
 
 @click.command()
