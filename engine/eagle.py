@@ -21,7 +21,6 @@ states go to draft_hidden_states (the next step's pending pairs); (4) accept and
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -230,6 +229,3 @@ def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: lis
     L += accepted + 1
     return StepOutput(accepted.cpu(), out.cpu(), t1 - t0, t2 - t1, time.perf_counter() - t2)
 
-
-def head_config_json(cfg: dict) -> str:
-    return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
