@@ -88,6 +88,21 @@ def load_pair(target_ref: str, draft_ref: str | None, dtype: str, device):
     return target, draft, draft_ref, draft_plan_ref, note
 
 
+def pad_token(model) -> int:
+    """The pad id transformers' generate is given: the model's, else its (first) EOS."""
+    pad, eos = model.generation_config.pad_token_id, model.generation_config.eos_token_id
+    return pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+
+
+def constant_assistant(draft_model, k: int) -> None:
+    """Assisted generation drafting exactly k tokens a step, as the engine: transformers reads the draft
+    length from the assistant's own generation config; constant schedule, no confidence early stop."""
+    config = draft_model.generation_config
+    config.num_assistant_tokens = k
+    config.num_assistant_tokens_schedule = "constant"
+    config.assistant_confidence_threshold = 0.0
+
+
 def bench_prompts(tokenizer, n: int, path: str | None) -> list[list[int]]:
     if path:
         texts = [line for line in Path(path).read_text().splitlines() if line.strip()]
@@ -142,9 +157,7 @@ def run(args) -> dict:
     tokenizer = load_tokenizer(args.target)
     prompts = bench_prompts(tokenizer, args.num_prompts, args.prompts_file)
     k, max_new = args.k, args.max_new_tokens
-    eos = target.model.generation_config.eos_token_id
-    pad = target.model.generation_config.pad_token_id
-    pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+    pad = pad_token(target.model)
 
     context = max(len(p) for p in prompts) + max_new
     knobs = Knobs(batch_size=1, max_context=context, draft_length=k, weight_dtype=args.dtype)
@@ -171,11 +184,7 @@ def run(args) -> dict:
                                         pad_token_id=pad)
         return out[0, len(ids):].tolist()
 
-    # transformers reads the draft length from the assistant's own generation config
-    assistant_config = draft.model.generation_config
-    assistant_config.num_assistant_tokens = k
-    assistant_config.num_assistant_tokens_schedule = "constant"
-    assistant_config.assistant_confidence_threshold = 0.0  # no early stop: always k drafts, as the engine
+    constant_assistant(draft.model, k)
 
     def hf_assisted(ids):
         with torch.inference_mode():

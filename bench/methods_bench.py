@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from engine_bench import Measure, bench_main, bench_prompts, log  # noqa: E402
+from engine_bench import Measure, bench_main, bench_prompts, constant_assistant, log, pad_token  # noqa: E402
 
 from engine.loading import load_model, load_tokenizer  # noqa: E402
 from engine.results import Stats  # noqa: E402
@@ -81,9 +81,7 @@ def run(args) -> dict:
     tokenizer = load_tokenizer(args.target)
     prompts = bench_prompts(tokenizer, args.num_prompts, args.prompts_file)
     k, max_new = args.k, args.max_new_tokens
-    pad = target.model.generation_config.pad_token_id
-    eos = target.model.generation_config.eos_token_id
-    pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+    pad = pad_token(target.model)
     spec = this_device(torch_device="cpu", use_torch=True).spec
     ours = engines(args, target, draft, tokenizer, spec, max(len(p) for p in prompts) + max_new)
     stats = {name: Stats(e.k) for name, e in ours.items()}
@@ -96,9 +94,7 @@ def run(args) -> dict:
             return result.outputs[0].token_ids
         return call
 
-    assistant = draft.model.generation_config
-    assistant.num_assistant_tokens, assistant.num_assistant_tokens_schedule = k, "constant"
-    assistant.assistant_confidence_threshold = 0.0
+    constant_assistant(draft.model, k)
 
     def hf(**extra):
         def call(ids):

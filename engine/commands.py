@@ -180,13 +180,11 @@ def demo_dtype(device: str | None) -> str:
     bf16 is emulated and slower)."""
     import torch
 
+    from specmemo_plan.hardware.procfs import cpu_flags
+
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
         return "bf16"
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return "fp32"
-    return "bf16" if " avx512_bf16" in flags or " amx_bf16" in flags else "fp32"
+    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
 def _head_there(head: str) -> bool:

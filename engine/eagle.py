@@ -34,7 +34,7 @@ from .attention import packed_attention
 from .cache import StaticKVCache, StepBuffers
 from .forward import Decoder
 from .loading import LoadedModel, torch_dtype
-from .speculative import Sampler, StepOutput
+from .speculative import Sampler, StepOutput, advance
 
 # config.json keys that are the head's, not a LlamaConfig's
 HEAD_KEYS = ("draft_vocab_size", "bias", "target_hidden_size")
@@ -224,8 +224,5 @@ def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: lis
 
     # 4. accept/reject and the bonus token, as the draft-model chain (q over the head's vocabulary)
     accepted, bonus = sampler.accept(drafts, q, logits, q_ids, head.d2t)
-    out = torch.cat([drafts, bonus.unsqueeze(1)], 1)
-    out.scatter_(1, accepted.unsqueeze(1), bonus.unsqueeze(1))
-    L += accepted + 1
-    return StepOutput(accepted.cpu(), out.cpu(), t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return advance(drafts, accepted, bonus, L, t0, t1, t2)
 

@@ -15,7 +15,6 @@ occurrence when fewer tokens are asked, stated as an approximation).
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -32,8 +31,7 @@ from .eagle import HeadDrafter, load_head, read_head_folder
 from .forward import Decoder
 from . import loading  # loading.load_model read at call time (tests guard it by patching the module)
 from .loading import LoadedModel
-from .profiling import _sync, calibration_prompts, default_grid, measure_acceptance, measure_latencies
-from .results import Stats
+from .profiling import calibration_prompts, default_grid, measure_acceptance, measure_latencies, median_ms
 
 METHODS_PROFILED = ("draft-model", "eagle", "ngram")
 
@@ -56,34 +54,27 @@ def time_head(head: LoadedModel, target: LoadedModel, dtype: str, batch: int, n:
     mask = torch.empty((batch, 1, n, context + n), dtype=torch.bool, device=device)
     logits = torch.empty((batch * n, drafter.out.shape[0]), dtype=drafter.out.dtype, device=device)
     starts, start_t = [context] * batch, torch.full((batch,), context, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+
+    def step():
         feats = drafter.forward(ids, hidden, starts, start_t, mask)
         drafter.logits(feats.reshape(batch * n, H), out=logits)
-        _sync(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+
+    return median_ms(step, device, repeats, warmup)
 
 
 def engine_histogram(target: LoadedModel, target_ref: str, plan_knobs: Knobs, draft_ref: str | None, d_shape,
-                     spec, dtype: str, num_prompts: int, max_new: int, batch: int = 8) -> tuple[list[int], dict]:
-    """Accepted drafts per step at the knobs' k (k_max), greedy, from the engine on the calibration prompts."""
-    from .runtime import Engine
+                     spec, num_prompts: int, max_new: int, batch: int = 8) -> tuple[list[int], dict]:
+    """Accepted drafts per step at the knobs' k (k_max), greedy, from the engine on the calibration prompts
+    (engine/workflow.py run_prompts, as verify runs a plan)."""
+    from .workflow import run_prompts
 
     prompts = [p["turns"][0] for p in calibration_prompts(num_prompts)]
     t0 = time.perf_counter()
     plan = make_plan(target_ref, target.shape, draft_ref, d_shape, replace(plan_knobs, batch_size=batch), spec,
                      spec.total_memory_bytes, generation=Generation(max_new_tokens=max_new))
-    engine = Engine(plan, device=str(next(target.model.parameters()).device), target=target)
-    total, room = Stats(plan_knobs.draft_length), plan_knobs.max_context - max_new
-    for i in range(0, len(prompts), batch):
-        ids = [engine.encode(text)[-room:] for text in prompts[i : i + batch]]
-        total.merge(engine.generate(ids, max_new_tokens=max_new).stats)
-    return total.accepted_histogram, {"prompts": len(prompts), "new_tokens": total.new_tokens, "method": "engine",
-                                      "k_max": plan_knobs.draft_length, "max_new_tokens": max_new,
+    stats = run_prompts(plan, target, None, str(next(target.model.parameters()).device), prompts, max_new).stats
+    return stats.accepted_histogram, {"prompts": len(prompts), "new_tokens": stats.new_tokens, "method": "engine",
+                                      "k_max": plan_knobs.draft_length, "max_new_tokens": stats.max_new,
                                       "seconds": time.perf_counter() - t0}
 
 
@@ -122,7 +113,7 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
         if method in ("eagle", "ngram"):
             knobs = Knobs(batch_size=1, max_context=context, draft_length=k_max, weight_dtype=dtype,
                           draft_method=method)
-            histogram, info = engine_histogram(target, target_ref, knobs, ref, d_shape, spec, dtype, num_prompts,
+            histogram, info = engine_histogram(target, target_ref, knobs, ref, d_shape, spec, num_prompts,
                                                acceptance_new_tokens)
         if samples:
             d_fit = fit_latency(samples)

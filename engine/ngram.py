@@ -37,7 +37,7 @@ from specmemo_plan.drafting.trees import TreeShape
 
 from .cache import StepBuffers
 from .forward import Decoder
-from .speculative import Sampler, StepOutput
+from .speculative import Sampler, StepOutput, advance
 from .tree import TreeStepOutput, tree_verify
 
 # n-grams of NGRAM_MIN .. NGRAM_MAX tokens, longest first. vLLM searches prompt_lookup_min .. prompt_lookup_max
@@ -173,10 +173,7 @@ def ngram_step(target: Decoder, buf: StepBuffers, seqs: list[list[int]], lengths
     t2 = time.perf_counter()
 
     accepted, bonus = sampler.accept_proposals(cand, counts.to(cand.device), logits)
-    tokens = torch.cat([cand, bonus.unsqueeze(1)], 1)
-    tokens.scatter_(1, accepted.unsqueeze(1), bonus.unsqueeze(1))
-    L += accepted + 1
-    return StepOutput(accepted.cpu(), tokens.cpu(), t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return advance(cand, accepted, bonus, L, t0, t1, t2)
 
 
 def ngram_tree_step(target: Decoder, buf: StepBuffers, seqs: list[list[int]], lengths: list[int], sampler: Sampler,

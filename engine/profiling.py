@@ -47,12 +47,17 @@ def time_forward(loaded: LoadedModel, dtype: str, batch: int, num_tokens: int, c
     mask = torch.empty((batch, 1, num_tokens, context + num_tokens), dtype=torch.bool, device=device)
     logits = torch.empty((batch, num_tokens, shape.vocab_size), dtype=decoder.head.dtype, device=device)
     starts = [context] * batch
+    return median_ms(lambda: decoder.logits(decoder.forward(ids, starts, mask), out=logits), device, repeats, warmup)
+
+
+def median_ms(run, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall ms of `run()` over `repeats` calls after `warmup` untimed ones, the device synchronised
+    around each."""
     times = []
     for i in range(warmup + repeats):
         _sync(device)
         t0 = time.perf_counter()
-        hidden = decoder.forward(ids, starts, mask)
-        decoder.logits(hidden, out=logits)
+        run()
         _sync(device)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)

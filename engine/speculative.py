@@ -148,6 +148,13 @@ def speculative_step(
     accepted, bonus = sampler.accept(drafts, q, logits)
 
     # 4. bonus token: the target's own token after the accepted prefix; each row advances by accepted + 1
+    return advance(drafts, accepted, bonus, L, t0, t1, t2)
+
+
+def advance(drafts: torch.Tensor, accepted: torch.Tensor, bonus: torch.Tensor, L: torch.Tensor,
+            t0: float, t1: float, t2: float) -> StepOutput:
+    """A chain step's end (draft model, EAGLE head, n-gram): the bonus token after each row's accepted
+    prefix of drafts [B, k]; the device lengths L advance by accepted + 1; t0..t2 the blocks' start times."""
     tokens = torch.cat([drafts, bonus.unsqueeze(1)], 1)
     tokens.scatter_(1, accepted.unsqueeze(1), bonus.unsqueeze(1))
     L += accepted + 1

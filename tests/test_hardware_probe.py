@@ -412,3 +412,19 @@ def test_torch_device_follows_the_torch_build(machine, monkeypatch):
     machine()
     with pytest.raises(SpecMemoError, match="finds 0 GPUs"):
         this_device(torch_device="cuda")
+
+
+def test_cpu_flags_and_the_demo_dtype(host, monkeypatch):
+    """The demo runs bf16 where the CPU has bf16 dot products (engine.commands.demo_dtype), else fp32."""
+    import torch
+
+    from engine.commands import demo_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert procfs.cpu_flags() == set() and demo_dtype(None) == "fp32"
+    host["/proc/cpuinfo"] += "flags\t\t: fpu sse2 avx512f avx512_bf16\n"
+    assert procfs.cpu_flags() == {"fpu", "sse2", "avx512f", "avx512_bf16"} and demo_dtype("cpu") == "bf16"
+    host["/proc/cpuinfo"] = "processor\t: 0\nFeatures\t: fp asimd bf16\n"  # Arm names it bf16, not avx512_bf16
+    assert "bf16" in procfs.cpu_flags() and demo_dtype("cpu") == "fp32"
+    host.pop("/proc/cpuinfo")
+    assert procfs.cpu_flags() == set()

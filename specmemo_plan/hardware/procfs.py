@@ -1,4 +1,4 @@
-"""What Linux tells about the host: RAM from /proc/meminfo, the CPU's name from /proc/cpuinfo, and the memory
+"""What Linux tells about the host: RAM from /proc/meminfo, the CPU's name and flags from /proc/cpuinfo, and the memory
 cgroup's limit (a container often has less RAM than the machine). Every reader returns nothing, never raises,
 where the file is absent (macOS, Windows, a sandbox): the CPU probe then falls back to sysconf.
 
@@ -47,6 +47,14 @@ def cpu_model_name() -> str:
         if m and m.group(1).strip():
             return m.group(1).strip()
     return platform.processor() or platform.machine() or "CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (x86 "flags", Arm "Features"); empty
+    without procfs."""
+    text = read_text("/proc/cpuinfo") or ""
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    return set(m.group(1).split()) if m else set()
 
 
 def cgroup_memory() -> tuple[int | None, int | None]:
