@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from specmemo_plan.drafting.trees import RUNTIME_TREE_METHODS as TREE_METHODS
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.models import SUPPORTED_MODEL_TYPES, ModelShape
 from specmemo_plan.plan import Plan
@@ -26,7 +27,6 @@ STATIC_COMPONENTS = ("target_weights", "draft_weights", "target_kv", "draft_kv",
 ENGINE_WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_KV_DTYPES = ("fp32", "fp16", "bf16")
 ENGINE_DRAFT_METHODS = ("draft-model", "eagle", "ngram", "none")  # specmemo_plan/drafting/methods.py names the others
-TREE_METHODS = ("eagle", "ngram")  # engine/tree.py verifies; engine/eagle_tree.py and engine/ngram.py grow them
 # The bundled profile every CPU matches (hardware/matching.py): a plan made `--profile cpu` names no machine,
 # so its identity cannot be checked, only its memory.
 GENERIC_CPU_PROFILE = "cpu"

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from specmemo_plan.drafting.trees import runtime_runs
 from specmemo_plan.errors import SpecMemoError
 
 from .cache import StepBuffers
@@ -38,7 +39,7 @@ DEPTH_TIEBREAK = 1e-6  # nats per level: equal scores prefer the shallower node,
 
 
 def check_tree_slots(tree) -> None:
-    if (tree.depth - 1) * tree.topk > tree.tokens + 1:
+    if not runtime_runs("eagle", tree):
         raise SpecMemoError(f"knobs.tree_topk: an EAGLE tree of depth {tree.depth} and top-k {tree.topk} writes "
                             f"{(tree.depth - 1) * tree.topk} head slots past the context, the plan holds "
                             f"{tree.tokens + 1}", "plan more tree tokens (-k), or a smaller depth or top-k")

@@ -190,6 +190,19 @@ class MeasuredProfile:
                 raise SpecMemoError(f"the measured profile's {role} is {ref['ref']}, not {shape.name}",
                                     "run `specmemo-plan profile` for this pair")
 
+    def widest_forward(self, model: str) -> int:
+        """The most new tokens per sequence one timed forward of `model` (target, draft) held; 0 untimed."""
+        return max((s["num_tokens"] for s in self.samples if s["model"] == model), default=0)
+
+    def search_shapes(self, k_max: int) -> list:
+        """What a search over this profile tries (drafting.trees.runtime_shapes): chains of 1..k_max, and trees
+        where the runtime grows them for the method measured, priced inside what was timed: T + 1 up to the
+        widest verify, top-k up to the widest draft step (n-gram times no draft forward)."""
+        from .drafting.trees import MAX_TREE_TOPK, runtime_shapes
+
+        widest_draft = self.widest_forward("draft") if self.draft_fit else MAX_TREE_TOPK
+        return runtime_shapes(self.draft_method, k_max, self.widest_forward("target") - 1, widest_draft)
+
     def latency(self) -> FittedLatency:
         return FittedLatency(
             target=LatencyFit.from_dict(self.target_fit),
@@ -228,7 +241,8 @@ class Candidate:
 
     def as_dict(self) -> dict:
         return {
-            "draft_length": self.knobs.draft_length, "batch_size": self.knobs.batch_size,
+            "draft_length": self.knobs.draft_length,
+            "tree": self.knobs.tree.as_dict() if self.knobs.draft_length else None, "batch_size": self.knobs.batch_size,
             "prefill_chunk": self.knobs.chunk, "tokens_per_s": self.tokens_per_s,
             "speedup": self.speed.speedup, "total_bytes": self.total_bytes,
         }
@@ -269,15 +283,19 @@ def search(
     retain: float | None = None,
     device_overhead_bytes: int = 0,
     new_tokens: int | None = None,
+    shapes: Sequence | None = None,
 ) -> SearchResult:
-    """Exhaustive search over k in 0..k_max (0 = plain decoding, no draft), batch and prefill chunk
-    under memory <= budget. Memory is monotone in each knob, so each (k, chunk) stops at the
-    first batch that does not fit. Among equal throughput the smaller memory wins (the plan is then
-    on the frontier it prints), then the larger prefill chunk; with `retain`, the smallest memory
-    keeping that share wins.
+    """Exhaustive search over the draft's shape (plain decoding, no draft, among them), batch and prefill
+    chunk under memory <= budget. `shapes`: the drafting.trees.TreeShape to try (tune: trees.runtime_shapes;
+    compare: budget.search_shapes); default chains of 1..k_max. Depth stops at k_max, the histogram's
+    length - 1 and Medusa's heads (one token per head). Memory is monotone in each knob, so each
+    (shape, chunk) stops at the first batch that does not fit. Among equal throughput the smaller memory
+    wins (the plan is then on the frontier it prints), then the larger prefill chunk; with `retain`, the
+    smallest memory keeping that share wins.
     `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted.
-    The draft method is `base.draft_method` (drafting/methods.py): n-gram drafts without a `draft`, Medusa
-    at most one token per head. Chains only (top-k 1): `base`'s tree fields are not searched."""
+    The draft method is `base.draft_method` (drafting/methods.py): n-gram drafts without a `draft`."""
+    from .drafting.trees import TreeShape
+
     method = base.method(draft is not None)
     drafts = draft is not None or method == "ngram"
     base = replace(base, tree_depth=None, tree_topk=None)
@@ -285,22 +303,24 @@ def search(
         k_max = min(k_max, len(histogram) - 1)
     if method == "medusa":
         k_max = min(k_max, len(draft.layer_params))  # one token per head (drafting.resolve.medusa_heads)
+    if shapes is None:
+        shapes = [TreeShape(k, 1, k) for k in range(1, k_max + 1)]
+    tries = [None] + ([t for t in shapes if t.depth <= k_max] if drafts else [])
     speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else DEFAULT_ACCEPTANCE}
     speed_kwargs["new_tokens"] = new_tokens
     chunk_values = sorted({min(c, base.max_context) for c in chunks})
     candidates: list[Candidate] = []
     evaluated = 0
-    for k in range(0, k_max + 1 if drafts else 1):
-        d = draft if k > 0 else None
+    for tree in tries:
+        d, start = (draft, base.with_tree(tree)) if tree else (None, plain_knobs(base))
         for chunk in chunk_values:
             for batch in _batches(max_batch):
-                knobs = replace(base if k > 0 else plain_knobs(base), draft_length=k, batch_size=batch,
-                                prefill_chunk=chunk)
+                knobs = replace(start, batch_size=batch, prefill_chunk=chunk)
                 memory = breakdown(target, d, knobs, device_overhead_bytes)
                 evaluated += 1
                 if memory.total_bytes > budget_bytes:
                     break
-                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if k > 0 else predict_speed(target, None, knobs, latency)
+                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if tree else predict_speed(target, None, knobs, latency)
                 candidates.append(Candidate(knobs, speed, memory))
     if not candidates:
         raise SpecMemoError("nothing fits the budget, not even plain decoding at batch 1", "raise --budget or shorten --context")

@@ -65,6 +65,7 @@ def min_budget(
     interconnect_gbps: float | None = None,
     policy: str = DEFAULT_POLICY,
     draft_lengths: Sequence[int] | None = None,
+    shapes: Sequence | None = None,
     **speed_kwargs,
 ) -> MinBudget:
     """Smallest per-device budget over k in `draft_lengths` (default 1..k_max), among the k that pay off.
@@ -72,16 +73,14 @@ def min_budget(
     'Pays off' is a predicted speedup > 1 over plain decoding, or, with `retain`, tokens/s of at
     least retain * the best k's (the paper's 96% trade-off). Memory grows with k, so this is the
     smallest such k's budget; one byte less admits no paying k. `draft_lengths=(8,)` asks about
-    k = 8 alone (`min-budget -k 8`).
+    k = 8 alone (`min-budget -k 8`). `shapes` (drafting.trees.TreeShape) replaces both: tune's runtime_shapes.
     """
     if retain is not None and not 0 < retain <= 1:
         raise SpecMemoError(f"retain must be within (0, 1], got {retain}")
-    shapes = search_shapes(target, draft, knobs, k_max, draft_lengths)
+    shapes = list(shapes) if shapes is not None else search_shapes(target, draft, knobs, k_max, draft_lengths)
     options = []
     for tree in shapes:
-        k = tree.tokens
-        kk = replace(knobs, draft_length=k, tree_depth=None if tree.is_chain else tree.depth,
-                     tree_topk=None if tree.is_chain else tree.topk)
+        k, kk = tree.tokens, knobs.with_tree(tree)
         need = need_per_device(target, draft, kk, devices, device_overhead_bytes)
         split = split_layers(target, draft, kk, [need] * devices, device_overhead_bytes, policy)
         speed = predict_speed(target, draft, kk, latency, split=split, interconnect_gbps=interconnect_gbps,
@@ -91,7 +90,7 @@ def min_budget(
     paying = [o for o in options if o[3].speedup > 1.0 and (retain is None or o[3].tokens_per_s >= retain * best_speed)]
     if not paying:
         top = max(options, key=lambda o: o[3].speedup)
-        which = f"at k={top[1]}" if len(options) == 1 else f"the best predicted speedup is {top[3].speedup:.2f}x (k={top[1]})"
+        which = f"at {top[4].label}" if len(options) == 1 else f"the best predicted speedup is {top[3].speedup:.2f}x ({top[4].label})"
         if len(options) == 1:
             which += f" the predicted speedup is {top[3].speedup:.2f}x"
         hint = "plain decoding is faster; a better-matched draft or a higher acceptance would change that"

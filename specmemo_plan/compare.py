@@ -5,9 +5,10 @@ and batch inside the device's memory (autotune.search over the profile's rooflin
 measured profile's fitted curves), predicted tokens/s plain vs SD, and the headroom left.
 
 With several draft methods (`compare --draft-method`): per device and method (MethodVerdict), the fastest
-configuration with k >= 1 inside the device's memory (chains: k, batch), its memory, tokens/s and speedup
-over the fastest plain decoding there, and the cheapest budget at which it pays (budget.min_budget at batch
-1, trees too where the method drafts them). A measured device is weighed for the method it measured.
+configuration with k >= 1 inside the device's memory (chains and, where the method drafts them, trees; batch),
+its memory, tokens/s and speedup over the fastest plain decoding there, and the cheapest budget at which it pays
+(budget.min_budget at batch 1 over the same shapes). A measured device is weighed for the method it measured,
+over the shapes its profile timed (MeasuredProfile.search_shapes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .autotune import MeasuredProfile, search
-from .budget import min_budget
+from .budget import min_budget, search_shapes
 from .errors import SpecMemoError
 from .hardware import HardwareProfile
 from .memory import Knobs, breakdown, plain_knobs
@@ -185,6 +186,7 @@ class MethodVerdict:
     best_breakdown: dict | None
     note: str = ""
     draft_length_limit: int = MAX_DRAFT_LENGTH
+    tree: dict | None = None  # the best configuration's shape (drafting.trees.TreeShape.as_dict); None: plain
 
     @property
     def pays(self) -> bool:
@@ -224,8 +226,10 @@ def _failed(setup: MethodSetup, note: str, **known) -> MethodVerdict:
 
 
 def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setup: MethodSetup, k_max: int,
-                   speed_kwargs: dict) -> MethodVerdict:
-    """One method on one device (MethodVerdict); a method that cannot be sized here is a row with the reason."""
+                   speed_kwargs: dict, shapes=None) -> MethodVerdict:
+    """One method on one device (MethodVerdict); a method that cannot be sized here is a row with the reason.
+    `shapes`: the chains and trees searched, for the cheapest paying budget and the best configuration alike
+    (default budget.search_shapes: chains of 1..k_max and the method's tree grid)."""
     if setup.error:
         return _failed(setup, setup.error)
     draft, method = setup.draft, setup.draft_method
@@ -237,8 +241,10 @@ def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setu
     if method == "none":
         note = "plain decoding (the baseline)"
     else:
+        shapes = shapes if shapes is not None else search_shapes(target, draft, single, k_max)
         try:
-            mb = min_budget(target, draft, single, latency, k_max=k_max, device_overhead_bytes=overhead, **speed_kwargs)
+            mb = min_budget(target, draft, single, latency, k_max=k_max, device_overhead_bytes=overhead,
+                            shapes=shapes, **speed_kwargs)
             minimum, tree = mb.total_bytes, mb.tree.as_dict()
         except SpecMemoError as exc:
             note = exc.message
@@ -246,7 +252,7 @@ def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setu
         return _failed(setup, "the target does not fit at batch 1 with this context", sd_fits=sd_fits,
                        min_budget_bytes=minimum, min_budget_tree=tree, draft_length_limit=k_max)
     result = search(target, draft, knobs, memory, latency, k_max=k_max, max_batch=knobs.batch_size,
-                    chunks=(knobs.chunk,), device_overhead_bytes=overhead, **speed_kwargs)
+                    chunks=(knobs.chunk,), device_overhead_bytes=overhead, shapes=shapes, **speed_kwargs)
     best = result.plain if method == "none" else result.best_draft
     plain = result.plain.tokens_per_s
     if best is None:
@@ -256,7 +262,7 @@ def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setu
     return MethodVerdict(
         draft_method=method, draft=setup.draft_ref, acceptance=setup.acceptance,
         acceptance_source=setup.acceptance_source, sd_fits=sd_fits, draft_length=best.knobs.draft_length,
-        batch=best.knobs.batch_size, total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
+        tree=best.knobs.tree.as_dict() if best.knobs.draft_length else None, batch=best.knobs.batch_size, total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
         plain_tokens_per_s=plain, speedup=best.tokens_per_s / plain, min_budget_bytes=minimum, min_budget_tree=tree,
         headroom_bytes=memory - best.total_bytes, best_breakdown=best.memory.as_dict(), note=note,
         draft_length_limit=k_max)
@@ -302,7 +308,7 @@ def measured_method_verdict(measured: MeasuredProfile, label: str, target: Model
     k_max = min(k_max, len(histogram) - 1) if histogram else k_max
     speed = {"histogram": histogram} if histogram else {}
     return method_verdict(measured.device["total_memory_bytes"], measured.runtime_overhead_bytes, measured.latency(),
-                          target, setup, k_max, speed)
+                          target, setup, k_max, speed, measured.search_shapes(k_max))
 
 
 def compare_measured_methods(profiles: list[MeasuredProfile], labels: list[str], target: ModelShape, knobs: Knobs,

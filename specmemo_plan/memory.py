@@ -95,6 +95,12 @@ class Knobs:
 
         return TreeShape(self.tree_depth or self.draft_length, self.tree_topk or 1, self.draft_length)
 
+    def with_tree(self, tree) -> "Knobs":
+        """These knobs drafting `tree` (a TreeShape): T draft tokens; a chain keeps no tree fields."""
+        chain = tree.is_chain
+        return replace(self, draft_length=tree.tokens, tree_depth=None if chain else tree.depth,
+                       tree_topk=None if chain else tree.topk)
+
     @property
     def embedding_policy(self) -> str:
         return self.head_embedding or "shared"

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 
 from .autotune import SEARCH_CHUNKS, Candidate, MeasuredProfile, SearchResult, search
 from .budget import min_budget
-from .drafting.methods import get_method
 from .errors import SpecMemoError
 from .memory import Knobs, breakdown, plain_knobs
 from .models import ModelShape
@@ -101,13 +100,17 @@ class TuneJob:
         limit = min(k_max, len(histogram) - 1) if histogram else k_max
         return min(limit, len(self.draft.layer_params)) if self.method == "medusa" else limit
 
+    def shapes(self, k_max: int) -> list:
+        """Chains of 1..k_limit and the trees the runtime grows, inside what was timed (MeasuredProfile.search_shapes)."""
+        return self.measured.search_shapes(self.k_limit(k_max))
+
     def search(self, k_max: int, retain: float | None) -> tuple[SearchResult, float]:
         t0 = time.perf_counter()
         m = self.measured
         try:
             result = search(self.target, self.draft, self.base, self.budget, m.latency(), histogram=m.acceptance_histogram,
                             device_overhead_bytes=m.runtime_overhead_bytes, k_max=k_max, max_batch=self.searched_batch,
-                            retain=retain, new_tokens=self.new_tokens)
+                            retain=retain, new_tokens=self.new_tokens, shapes=self.shapes(k_max))
         except SpecMemoError:
             need = breakdown(self.target, None, plain_knobs(self.base), m.runtime_overhead_bytes).total_bytes
             raise SpecMemoError(
@@ -116,19 +119,18 @@ class TuneJob:
         return result, time.perf_counter() - t0
 
     def min_budget_at(self, batch: int, chunk: int, k_max: int):
-        """SD's minimum budget at `batch` over chains of 1..k (budget.min_budget); trees are not searched here."""
+        """SD's minimum budget at `batch` over the shapes the search tries (budget.min_budget)."""
         m = self.measured
         at = replace(self.base, batch_size=batch, prefill_chunk=chunk, draft_length=1)
-        lengths = tuple(range(1, self.k_limit(k_max) + 1)) if get_method(self.method).trees else None
         return min_budget(self.target, self.draft, at, m.latency(), k_max=k_max, histogram=m.acceptance_histogram,
-                          device_overhead_bytes=m.runtime_overhead_bytes, draft_lengths=lengths)
+                          device_overhead_bytes=m.runtime_overhead_bytes, shapes=self.shapes(k_max))
 
     def plan(self, result: SearchResult, k_max: int, retain: float | None, search_s: float,
              methods: tuple = (), method_notes: list[str] | None = None) -> tuple[Plan, TuneReport]:
         """The plan of `result.chosen`, with the notes that explain it (method_notes first)."""
         chosen, m = result.chosen, self.measured
         minimum, plan_notes = _plan_notes(self, chosen, result, k_max)
-        notes = (method_notes or []) + plan_notes + self.notes + _k_limit_note(chosen.knobs.draft_length, self.k_limit(k_max))
+        notes = (method_notes or []) + plan_notes + self.notes + _depth_limit_note(chosen.knobs, self.k_limit(k_max))
         use_draft = chosen.knobs.draft_length > 0
         histogram, latency = m.acceptance_histogram, m.latency()
         method = chosen.knobs.method(use_draft and self.draft is not None)
@@ -203,7 +205,7 @@ def _plan_notes(job: TuneJob, chosen, result: SearchResult, k_max: int) -> tuple
         return None, [f"{exc.message} at batch {batch}, the plan's{plain}"]
     if job.budget < mb.total_bytes:
         return mb.total_bytes, [f"the budget {format_bytes(job.budget)} is below SD's minimum of "
-                                f"{format_bytes(mb.total_bytes)} at batch {batch}, the plan's (k={mb.draft_length}){plain}"]
+                                f"{format_bytes(mb.total_bytes)} at batch {batch}, the plan's ({mb.tree.label}){plain}"]
     best = result.best_draft
     if use_draft or best is None:
         return mb.total_bytes, []
@@ -211,16 +213,18 @@ def _plan_notes(job: TuneJob, chosen, result: SearchResult, k_max: int) -> tuple
     a = acceptance_rate(histogram) if histogram else None
     return mb.total_bytes, [
         f"speculative decoding does not pay within this budget: the best draft configuration "
-        f"(k={best.knobs.draft_length}, batch {best.knobs.batch_size}) predicts {best.tokens_per_s:,.1f} "
+        f"({best.knobs.tree.label}, batch {best.knobs.batch_size}) predicts {best.tokens_per_s:,.1f} "
         f"tokens/s, plain decoding at batch {batch} {chosen.tokens_per_s:,.1f}"
         + (f" (acceptance {a:.3f})" if a is not None else "") + plain]
 
 
-def _k_limit_note(k: int, limit: int) -> list[str]:
-    """A plan whose k is the largest searched says so: the optimum may lie past the limit."""
-    if k == 0 or k < limit:
+def _depth_limit_note(knobs: Knobs, limit: int) -> list[str]:
+    """A plan drafting as deep as searched says so: the optimum may lie past the limit."""
+    tree = knobs.tree
+    if knobs.draft_length == 0 or tree.depth < limit:
         return []
-    return [f"k={k} is the largest draft length searched (--k-max and the acceptance histogram stop at {limit}): "
+    what = f"k={tree.tokens} is the largest draft length" if tree.is_chain else f"depth {tree.depth} is the deepest tree"
+    return [f"{what} searched (--k-max and the acceptance histogram stop at {limit}): "
             "a longer draft may be faster; profile with a larger --k-max to see"]
 
 
@@ -310,7 +314,7 @@ def _method_result(job: TuneJob, result: SearchResult, k_max: int) -> MethodResu
 
 def _describe(r: MethodResult) -> str:
     b = r.best
-    return (f"{b.tokens_per_s:,.1f} tokens/s at k={b.knobs.draft_length}, batch {b.knobs.batch_size} "
+    return (f"{b.tokens_per_s:,.1f} tokens/s at {b.knobs.tree.label}, batch {b.knobs.batch_size} "
             f"({r.speedup:.2f}x plain decoding), {format_bytes(b.total_bytes)}")
 
 

@@ -33,7 +33,7 @@ def test_demo_writes_a_plan_its_notes_describe(tiny_pair, tmp_path):
 
     # the summary line names the plan in the file, and no note judges another plan
     method = plan.knobs.method(plan.draft is not None)
-    assert f"wrote plan: {method}, k={k}, batch {batch}," in result.stdout
+    assert f"wrote plan: {method}, {plan.knobs.tree.label}, batch {batch}," in result.stdout
     notes = re.findall(r"^note: (.*)$", result.stdout, flags=re.M)
     assert notes == plan.provenance["notes"]
     for note in notes:

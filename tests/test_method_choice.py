@@ -17,6 +17,7 @@ from specmemo_plan.autotune import MeasuredProfile, read_measured_profile
 from specmemo_plan.budget import min_budget
 from specmemo_plan.cli import cli
 from specmemo_plan.drafting.heads import head_shape
+from specmemo_plan.drafting.trees import TreeShape
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.files import write_json_atomic
 from specmemo_plan.hardware import load_profile
@@ -218,7 +219,8 @@ def test_compare_weighs_every_method_side_by_side():
     latency = roofline_from_profile(gpu, "fp16")
     for row in rtx["methods"]:
         method, drafter = row["draft_method"], DRAFTERS[row["draft_method"]][1]
-        knobs = Knobs(row["batch"], 4096, row["draft_length"], weight_dtype="fp16", prefill_chunk=512, draft_method=method)
+        knobs = Knobs(row["batch"], 4096, 1, weight_dtype="fp16", prefill_chunk=512,
+                      draft_method=method).with_tree(TreeShape(**row["tree"]))
         assert row["total_bytes"] == breakdown(TARGET, drafter, knobs, gpu.runtime_overhead_bytes).total_bytes
         assert row["tokens_per_s"] == pytest.approx(predict_speed(TARGET, drafter, knobs, latency,
                                                                   acceptance=row["acceptance"]).tokens_per_s)
@@ -228,6 +230,9 @@ def test_compare_weighs_every_method_side_by_side():
         assert row["min_budget_bytes"] == mb.total_bytes and row["pays"] == (row["speedup"] > 1)
     paying = [r for r in rtx["methods"] if r["pays"]]
     assert rtx["best_method"] == max(paying, key=lambda r: r["tokens_per_s"])["draft_method"]
+    # the best draft is searched over trees too where the method drafts them, chains where it does not
+    shapes = {r["draft_method"]: r["tree"] for r in rtx["methods"]}
+    assert shapes["draft-model"]["topk"] == 1 and shapes["eagle3"]["topk"] > 1
     # the 16 GB T4 holds no 8B fp16 target with a 4096 context: every row says so, none is chosen
     assert t4["best_method"] is None and all(m["tokens_per_s"] is None for m in t4["methods"])
     assert {m["note"] for m in t4["methods"]} == {"the target does not fit at batch 1 with this context"}

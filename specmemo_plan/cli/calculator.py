@@ -104,8 +104,7 @@ class Setup:
 
     def head(self) -> str:
         t, d, k = self.target, self.draft, self.knobs
-        tree = k.tree
-        shape = f"k={k.draft_length}" if tree.is_chain else f"tree depth {tree.depth}, top-k {tree.topk}, T={tree.tokens}"
+        shape = k.tree.label
         if self.method == "ngram":
             text = f"{t.name} + n-gram drafting ({shape})"
         elif d:

@@ -7,7 +7,6 @@ commands print: every part in bytes per GPU, the engine's startup lines, and why
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import click
 
@@ -122,9 +121,7 @@ def engine_min_budget(args: dict, s, result) -> dict | None:
     name = check_one_gpu_path(args, s.devices)
     if name is None:
         return None
-    tree = result.tree
-    knobs = replace(s.knobs, draft_length=result.draft_length, tree_depth=None if tree.is_chain else tree.depth,
-                    tree_topk=None if tree.is_chain else tree.topk)
+    knobs = s.knobs.with_tree(result.tree)
     profile = s.profile
     options = engine_flags(args, profile.runtime_overhead_bytes if profile else None, profile.name if profile else "")
     found = min_device_memory(name, s.target, s.draft, knobs, options, args["tensor_parallel_size"])

@@ -32,6 +32,10 @@ MAX_TREE_TOPK = 10
 MAX_TREE_TOKENS = 64
 SEARCH_TOPK = (2, 4, 8)  # top-k values min-budget tries for trees (top-k 1 is the chain)
 SEARCH_TOKENS = (8, 16, 32, 48, 64)  # T values min-budget tries for trees
+# The bundled runtime (engine/) verifies trees for these methods: engine/tree.py verifies, engine/eagle_tree.py
+# and engine/ngram.py grow them. The others' trees are sized and exported, not run here.
+RUNTIME_TREE_METHODS = ("eagle", "ngram")
+EVERY_T_TO = 16  # runtime_shapes tries every T up to here, then SEARCH_TOKENS (a measured grid is short)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class TreeShape:
     @property
     def is_chain(self) -> bool:
         return self.topk == 1
+
+    @property
+    def label(self) -> str:
+        """How tables and notes name it: k=3 for a chain, d3 x top-2, T=6 for a tree."""
+        return f"k={self.tokens}" if self.is_chain else f"d{self.depth} x top-{self.topk}, T={self.tokens}"
 
     def as_dict(self) -> dict:
         return {"depth": self.depth, "topk": self.topk, "tokens": self.tokens}
@@ -133,4 +142,39 @@ def search_shapes(trees: bool, k_max: int, max_depth: int = MAX_TREE_DEPTH) -> l
                 for tokens in SEARCH_TOKENS:
                     if depth < tokens <= tree_capacity(depth, topk):
                         shapes.append(TreeShape(depth, topk, tokens))
+    return shapes
+
+
+def eagle_head_slots(tree: TreeShape) -> int:
+    """Head KV slots past the context that the runtime's EAGLE-2 growth writes: its K frontier nodes at each
+    of the depth - 1 later steps (engine/eagle_tree.py), inside the plan's C + T + 1 (drafting/buffers.py)."""
+    return (tree.depth - 1) * tree.topk
+
+
+def runtime_runs(method: str, tree: TreeShape) -> bool:
+    """Whether the bundled runtime runs this shape for this method: any chain; a tree for RUNTIME_TREE_METHODS,
+    an EAGLE tree only when its growth fits the head's slots (eagle_head_slots <= T + 1)."""
+    if tree.is_chain:
+        return True
+    if method not in RUNTIME_TREE_METHODS:
+        return False
+    return method != "eagle" or eagle_head_slots(tree) <= tree.tokens + 1
+
+
+def runtime_shapes(method: str, k_max: int, max_tokens: int, max_topk: int = MAX_TREE_TOPK) -> list[TreeShape]:
+    """The shapes `tune` tries for a plan the bundled runtime runs: chains of 1..k_max; where it grows trees
+    for the method, depth 2..min(k_max, MAX_TREE_DEPTH) (past k_max the measured histogram says nothing),
+    top-k in SEARCH_TOPK up to `max_topk` (the widest draft forward measured), and T from depth + 1 to
+    `max_tokens` (the longest verify measured, less its root): every T to EVERY_T_TO, then SEARCH_TOKENS;
+    each within the tree's capacity and runtime_runs."""
+    shapes = [TreeShape(k, 1, k) for k in range(1, k_max + 1)]
+    if method not in RUNTIME_TREE_METHODS:
+        return shapes
+    t_values = sorted({t for t in (*range(1, EVERY_T_TO + 1), *SEARCH_TOKENS) if t <= min(max_tokens, MAX_TREE_TOKENS)})
+    for depth in range(2, min(k_max, MAX_TREE_DEPTH) + 1):
+        for topk in (k for k in SEARCH_TOPK if k <= max_topk):
+            for tokens in t_values:
+                tree = TreeShape(depth, topk, tokens)
+                if depth < tokens <= tree_capacity(depth, topk) and runtime_runs(method, tree):
+                    shapes.append(tree)
     return shapes

@@ -5,6 +5,7 @@ Each function takes numbers a command already gathered and returns text; nothing
 
 from __future__ import annotations
 
+from ..drafting.trees import TreeShape
 from ..units import format_bytes
 from . import breakdown_table, describe_bytes, gib, key_values, table
 
@@ -188,7 +189,7 @@ def export(result) -> str:
 def methods(rows: list[dict], budget: int | None) -> str:
     """The draft methods side by side (min-budget / fit with several --draft-method)."""
     def shape(t):
-        return f"k={t['tokens']}" if t["topk"] == 1 else f"d{t['depth']} x top-{t['topk']}, T={t['tokens']}"
+        return TreeShape(**t).label
 
     out, notes = [], []
     for r in rows:
@@ -265,6 +266,14 @@ def compare_engine(verdicts) -> str:
     return "\n\n" + table(rows, ["device", f"{head} starts", "KV cache tokens", "max concurrency", "why not"])
 
 
+def _shape_note(m) -> str:
+    """A method's best draft, chain or tree, marked when its depth sits at the search limit."""
+    if not m.draft_length or m.tree is None or m.tree["topk"] == 1:
+        return limit_note(m.draft_length, m.draft_length_limit)
+    tree = TreeShape(**m.tree)
+    return tree.label + (" (the depth limit)" if tree.depth >= m.draft_length_limit else "")
+
+
 def compare_methods(devices, sources: list[str] = ()) -> str:
     """compare with several draft methods: one row per device and method, side by side (compare.DeviceMethods)."""
     def speed(v):
@@ -275,7 +284,7 @@ def compare_methods(devices, sources: list[str] = ()) -> str:
         if not d.methods:
             rows.append([d.profile, gib(d.memory_bytes), "-", "-", "-", "-", "-", "-", "-", "-", d.note])
         for m in d.methods:
-            k = "-" if m.draft_length is None else limit_note(m.draft_length, m.draft_length_limit)
+            k = "-" if m.draft_length is None else _shape_note(m)
             best = "*" if d.best_method == m.draft_method and m.pays else ""
             rows.append([d.profile, gib(d.memory_bytes), m.draft_method + best, k, m.batch or "-",
                          gib(m.total_bytes) if m.total_bytes is not None else "-", speed(m.plain_tokens_per_s),
@@ -285,6 +294,6 @@ def compare_methods(devices, sources: list[str] = ()) -> str:
     roofline = next((d for d in devices if d.methods and not d.profile.startswith("measured:")), None)
     notes = [f"{m.draft_method}: acceptance {m.acceptance:g} ({m.acceptance_source})"
              for m in (roofline.methods if roofline else ()) if m.acceptance is not None]
-    text = table(rows, ["device", "GiB", "method", "best k", "batch", "memory GiB", "plain tok/s", "tok/s", "speedup",
+    text = table(rows, ["device", "GiB", "method", "best draft", "batch", "memory GiB", "plain tok/s", "tok/s", "speedup",
                         "cheapest budget that pays GiB", "note"])
     return "\n".join([text, "* the fastest method that pays on that device", *notes, *sources])

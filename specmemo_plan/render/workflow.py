@@ -50,23 +50,38 @@ def prediction_sources(prediction) -> str:
     return text
 
 
+FRONTIER_ROWS = 16  # a tree search's frontier runs to dozens of points: print this many, evenly spread
+
+
+def _thin(points: list, most: int, keep=None) -> list:
+    """About `most` of `points`, evenly spread, the first, the last and `keep` (the plan) always among them."""
+    if len(points) <= most:
+        return list(points)
+    picks = {round(i * (len(points) - 1) / (most - 1)) for i in range(most)}
+    picks |= {i for i, p in enumerate(points) if p is keep}
+    return [points[i] for i in sorted(picks)]
+
+
 def render_tune(plan, report, verified=None) -> str:
     """The written plan, the notes that explain it, the frontier searched; the verify run if any."""
     result = report.result
-    rows = [[c.knobs.draft_length, c.knobs.batch_size, c.knobs.chunk, gib(c.total_bytes),
-             f"{c.tokens_per_s:,.1f}", f"{c.speed.speedup:.2f}x"] for c in result.frontier]
+    shown = _thin(result.frontier, FRONTIER_ROWS, result.chosen)
+    rows = [[c.knobs.tree.label if c.knobs.draft_length else "plain", c.knobs.batch_size, c.knobs.chunk, gib(c.total_bytes),
+             f"{c.tokens_per_s:,.1f}", f"{c.speed.speedup:.2f}x"] for c in shown]
     p = plan.prediction
     method = getattr(report, "draft_method", "none")
     named = f"{method}, " if report.methods or method not in ("draft-model", "none") else ""
-    lines = [f"wrote plan: {named}k={plan.knobs.draft_length}, batch {plan.knobs.batch_size}, prefill chunk {plan.knobs.chunk}, "
+    lines = [f"wrote plan: {named}{plan.knobs.tree.label}, batch {plan.knobs.batch_size}, prefill chunk {plan.knobs.chunk}, "
              f"context {plan.knobs.max_context}, predicted {p.tokens_per_s:,.1f} tokens/s "
              f"({p.speedup:.2f}x plain), {describe_bytes(p.memory['total_bytes'])}", prediction_sources(p)]
     lines += [f"note: {n}" for n in report.notes]
     if report.methods:
         lines += ["draft methods inside the budget:", tune_methods_table(report.methods)]
+    some = f" ({len(shown)} of its {len(result.frontier)} points; the plan's provenance holds all)" \
+        if len(shown) < len(result.frontier) else ""
     lines.append(f"searched {result.evaluated} configurations in {report.search_seconds * 1e3:.0f} ms; "
-                 "memory/throughput frontier:")
-    lines.append(table(rows, ["k", "batch", "chunk", "GiB", "tokens/s", "vs plain"]))
+                 f"memory/throughput frontier{some}:")
+    lines.append(table(rows, ["draft", "batch", "chunk", "GiB", "tokens/s", "vs plain"]))
     if verified is not None:
         lines.append(render_verify(verified))
     return "\n".join(lines)
@@ -77,10 +92,10 @@ def tune_methods_table(methods) -> str:
     rows = []
     for r in methods:
         b = r.best
-        rows.append([r.label, r.verdict, b.knobs.draft_length if b else "-", b.knobs.batch_size if b else "-",
+        rows.append([r.label, r.verdict, b.knobs.tree.label if b else "-", b.knobs.batch_size if b else "-",
                      gib(b.total_bytes) if b else "-", f"{b.tokens_per_s:,.1f}" if b else "-",
                      f"{r.speedup:.2f}x" if b else "-", gib(r.min_budget_bytes) if r.min_budget_bytes else "-"])
-    return table(rows, ["method", "verdict", "best k", "batch", "GiB", "tokens/s", "vs plain", "SD min budget GiB"])
+    return table(rows, ["method", "verdict", "best draft", "batch", "GiB", "tokens/s", "vs plain", "SD min budget GiB"])
 
 
 def render_verify(v) -> str:
