@@ -33,14 +33,15 @@ EXPECTED = {
 }
 
 # deepseek-ai/DeepSeek-V3 README_WEIGHTS.md (GitHub): "MTP Modules ... Parameters: 11.5B unique parameters,
-# excluding the shared 0.9B Embedding and 0.9B output Head". No config.json preset (see heads/README.md).
+# excluding the shared 0.9B Embedding and 0.9B output Head"; "Main Model Weights ... Total parameters: 671B".
+# The target preset `deepseek-v3` is its inference/configs/config_671B.json under config.json's names.
 DEEPSEEK_V3_MTP_UNIQUE_PARAMS = 11.5 * GB
 
 
 def test_every_head_names_its_source_and_where_it_was_read():
     names = sorted(p.stem for p in HEADS.glob("*.json"))
     assert names == ["eagle-llama2-chat-7b", "eagle-vicuna-7b-v1.3", "eagle3-llama3.1-instruct-8b",
-                     "medusa-vicuna-7b-v1.3", "vllm-medusa-vicuna-7b-v1.3"]
+                     "eagle3-llama3.3-70b-specforge", "medusa-vicuna-7b-v1.3", "vllm-medusa-vicuna-7b-v1.3"]
     for name in names:
         cfg = head(name)
         assert "/" in cfg["_specmemo_source"] and cfg["_specmemo_fetched"]
@@ -139,6 +140,32 @@ def test_deepseek_v3_mtp_layout_against_the_published_11_5_b():
     assert mtp == 11_610_068_224
     # the README's 11.5 B is rounded down to 3 significant digits; the layout is within 1% of it
     assert abs(mtp / DEEPSEEK_V3_MTP_UNIQUE_PARAMS - 1) < 0.01
+
+
+def test_eagle3_70b_specforge_layout():
+    """SpecForge's EAGLE-3 draft config for Llama-3.3-70B-Instruct: the target's width (8192, 64 heads, 8 KV heads),
+    a 32k draft vocabulary. No Hub file size to check against: the hand count is the planner's, exactly."""
+    from specmemo_plan.drafting.heads import head_shape
+    from specmemo_plan.models import load_shape
+
+    c = head("eagle3-llama3.3-70b-specforge")
+    target = load_shape("llama-3.3-70b-instruct")
+    assert (c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]) == \
+        (target.hidden_size, target.num_attention_heads, target.num_kv_heads)
+    assert eagle3_params(c) == 1_403_027_456  # 2.81 GB in fp16, d2t/t2d aside
+    assert head_shape("eagle3", "eagle3-llama3.3-70b-specforge", target).num_params == eagle3_params(c)
+
+
+def test_deepseek_v3_preset_against_the_published_671_b_and_its_mtp_layout():
+    """The `deepseek-v3` target preset: 671 B main-model parameters as README_WEIGHTS.md says, and its MTP module
+    (head_shape "mtp", embedding and head shared) the hand layout above less the router's e_score_correction_bias
+    (256 values: a buffer in transformers' DeepseekV3TopkRouter, not a parameter, as in the target's count)."""
+    from specmemo_plan.drafting.heads import head_shape
+    from specmemo_plan.models import load_shape
+
+    target = load_shape("deepseek-v3")
+    assert target.mtp_layers == 1 and round(target.num_params / GB) == 671
+    assert head_shape("mtp", "deepseek-v3", target, "shared").num_params == 11_610_068_224 - 256
 
 
 # (method, head preset, target preset, embedding policy, bytes per parameter, stored bytes from EXPECTED)

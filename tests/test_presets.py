@@ -33,6 +33,7 @@ EXPECTED_PARAMS = {
     "gpt-oss-120b": ("gpt_oss", 116_829_156_672),
     "mixtral-8x7b-instruct-v0.1": ("mixtral", 46_702_792_704),
     "deepseek-v2-lite": ("deepseek_v2", 15_706_484_224),
+    "deepseek-v3": ("deepseek_v3", 671_026_404_352),
     "smollm3-3b": ("smollm3", 3_075_098_624),
 }
 
@@ -57,6 +58,7 @@ PUBLISHED = {
     "gpt-oss-120b": (36, 8, 64, 201088),
     "mixtral-8x7b-instruct-v0.1": (32, 8, None, 32000),
     "deepseek-v2-lite": (27, 16, None, 102400),
+    "deepseek-v3": (61, 128, None, 129280),
     "smollm3-3b": (36, 4, None, 128256),
 }
 
