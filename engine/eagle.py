@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from specmemo_plan.drafting.trees import RANKED
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.models import ModelShape
 
@@ -34,7 +35,7 @@ from .attention import packed_attention
 from .cache import StaticKVCache, StepBuffers
 from .forward import Decoder
 from .loading import LoadedModel, torch_dtype
-from .speculative import Sampler, StepOutput, advance
+from .speculative import Sampler, StepOutput, advance, depth1_ranks
 
 # config.json keys that are the head's, not a LlamaConfig's
 HEAD_KEYS = ("draft_vocab_size", "bias", "target_hidden_size")
@@ -188,10 +189,11 @@ def catch_up(head: HeadDrafter, buf: StepBuffers, tokens: list[list[int]], pendi
 
 
 def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: list[list[int]], pending: list[int],
-               lengths: list[int], sampler: Sampler, sync=lambda: None) -> StepOutput:
+               lengths: list[int], sampler: Sampler, sync=lambda: None, ranks: bool = False) -> StepOutput:
     """Advance every row by its accepted drafts plus one token. `tokens[b]`: row b's committed tokens,
     `pending[b]`: its pairs still to feed (n + 1, the module docstring), `lengths` the committed counts
-    (buf.lengths holds them on the device)."""
+    (buf.lengths holds them on the device). `ranks`: also rank the depth-1 target token among the head's
+    top RANKED first drafts (StepOutput.ranks), as profiling measures a tree's siblings."""
     B, k = len(tokens), buf.draft_tokens.shape[1]
     L = buf.lengths[:B]
     drafts, q, logits = buf.draft_tokens[:B], buf.draft_logits[:B, :k], buf.target_logits[:B]
@@ -224,5 +226,9 @@ def eagle_step(target: Decoder, head: HeadDrafter, buf: StepBuffers, tokens: lis
 
     # 4. accept/reject and the bonus token, as the draft-model chain (q over the head's vocabulary)
     accepted, bonus = sampler.accept(drafts, q, logits, q_ids, head.d2t)
-    return advance(drafts, accepted, bonus, L, t0, t1, t2)
+    out = advance(drafts, accepted, bonus, L, t0, t1, t2)
+    if ranks:
+        top = head.to_target(q[:, 0].topk(min(RANKED, q.shape[-1]), dim=-1).indices)  # [B, R] target ids
+        out.ranks = depth1_ranks(top.tolist(), out.tokens[:, 0].tolist())
+    return out
 

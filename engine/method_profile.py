@@ -8,6 +8,9 @@ is weighed against the same plain decoding). Per method (specmemo_plan.autotune.
   the calibration prompts (a head's later drafts read its own features, which a teacher-forced replay
   would not see);
 - ngram: no draft forward (zero device time); acceptance from the engine at k_max, likewise.
+For eagle and ngram the engine's run also ranks each step's depth-1 target token among the drafter's
+depth-1 candidates (MeasuredProfile.rank_histogram): what a tree's siblings would have caught, which the
+tree model reads instead of assuming it (drafting/trees.py sibling_shares).
 An engine-run histogram at k_max also gives the rates of every shorter chain: greedy drafts of a chain
 of k are the first k of the chain of k_max (exact for a head; for n-gram the lookup may take another
 occurrence when fewer tokens are asked, stated as an approximation).
@@ -34,6 +37,7 @@ from .loading import LoadedModel
 from .profiling import calibration_prompts, default_grid, measure_acceptance, measure_latencies, median_ms
 
 METHODS_PROFILED = ("draft-model", "eagle", "ngram")
+HEAD_WIDTHS = (1, 2, 4, 8)  # pairs per head forward timed: chains use 1-2, EAGLE trees top-k (trees.SEARCH_TOPK)
 
 
 def log(message: str) -> None:
@@ -63,17 +67,19 @@ def time_head(head: LoadedModel, target: LoadedModel, dtype: str, batch: int, n:
 
 
 def engine_histogram(target: LoadedModel, target_ref: str, plan_knobs: Knobs, draft_ref: str | None, d_shape,
-                     spec, num_prompts: int, max_new: int, batch: int = 8) -> tuple[list[int], dict]:
-    """Accepted drafts per step at the knobs' k (k_max), greedy, from the engine on the calibration prompts
-    (engine/workflow.py run_prompts, as verify runs a plan)."""
+                     spec, num_prompts: int, max_new: int, batch: int = 8) -> tuple[list[int], list[int], dict]:
+    """(accepted drafts per step at the knobs' k (k_max), the depth-1 rank histogram, notes), greedy, from the
+    engine on the calibration prompts (engine/workflow.py run_prompts, as verify runs a plan)."""
     from .workflow import run_prompts
 
     prompts = [p["turns"][0] for p in calibration_prompts(num_prompts)]
     t0 = time.perf_counter()
     plan = make_plan(target_ref, target.shape, draft_ref, d_shape, replace(plan_knobs, batch_size=batch), spec,
                      spec.total_memory_bytes, generation=Generation(max_new_tokens=max_new))
-    stats = run_prompts(plan, target, None, str(next(target.model.parameters()).device), prompts, max_new).stats
-    return stats.accepted_histogram, {"prompts": len(prompts), "new_tokens": stats.new_tokens, "method": "engine",
+    stats = run_prompts(plan, target, None, str(next(target.model.parameters()).device), prompts, max_new,
+                        ranks=True).stats
+    ranks = stats.rank_histogram if stats.rank_histogram and stats.rank_histogram[1] else None  # shares need rank 1
+    return stats.accepted_histogram, ranks, {"prompts": len(prompts), "new_tokens": stats.new_tokens, "method": "engine",
                                       "k_max": plan_knobs.draft_length, "max_new_tokens": stats.max_new,
                                       "seconds": time.perf_counter() - t0}
 
@@ -97,7 +103,7 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
     profiles = []
     for method, ref in drafters:
         t1 = time.perf_counter()
-        samples, d_fit, d_shape, draft_entry, histogram, info = [], None, None, None, None, {}
+        samples, d_fit, d_shape, draft_entry, histogram, ranks, info = [], None, None, None, None, None, {}
         if method == "draft-model":
             draft = loading.load_model(ref, dtype, torch_device, seed=1)
             samples = measure_latencies(draft, "draft", dtype, grid["batches"], [1, 2], grid["contexts"], repeats)
@@ -108,13 +114,14 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
             d_shape = head_shape("eagle", ref, target.shape)
             folder, cfg = read_head_folder(ref)
             head = load_head(ref, folder, cfg, d_shape, dtype, torch_device, seed=1)
+            # n up to 8: an EAGLE tree's later steps forward top-k frontier nodes (tune prices top-k <= the widest)
             samples = [LatencySample("draft", b, n, c, time_head(head, target, dtype, b, n, c, repeats))
-                       for b in grid["batches"] for n in (1, 2) for c in grid["contexts"]]
+                       for b in grid["batches"] for n in HEAD_WIDTHS for c in grid["contexts"]]
         if method in ("eagle", "ngram"):
             knobs = Knobs(batch_size=1, max_context=context, draft_length=k_max, weight_dtype=dtype,
                           draft_method=method)
-            histogram, info = engine_histogram(target, target_ref, knobs, ref, d_shape, spec, num_prompts,
-                                               acceptance_new_tokens)
+            histogram, ranks, info = engine_histogram(target, target_ref, knobs, ref, d_shape, spec, num_prompts,
+                                                      acceptance_new_tokens)
         if samples:
             d_fit = fit_latency(samples)
         if d_shape is not None:
@@ -125,7 +132,7 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
             target={"ref": target_ref, "dtype": dtype, "fingerprint": target.shape.fingerprint},
             draft=draft_entry, samples=samples_to_dicts(t_samples + samples), target_fit=asdict(t_fit),
             draft_fit=asdict(d_fit) if d_fit else None, acceptance_histogram=histogram,
-            acceptance_source="measured", draft_method=method,
+            acceptance_source="measured", draft_method=method, rank_histogram=ranks,
             notes={"grid": grid, "acceptance_run": info,
                    "random_weights": {"target": target.random_weights}},
         ))

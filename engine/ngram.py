@@ -33,11 +33,11 @@ import time
 import numpy as np
 import torch
 
-from specmemo_plan.drafting.trees import TreeShape
+from specmemo_plan.drafting.trees import RANKED, TreeShape
 
 from .cache import StepBuffers
 from .forward import Decoder
-from .speculative import Sampler, StepOutput, advance
+from .speculative import Sampler, StepOutput, advance, depth1_ranks
 from .tree import TreeStepOutput, tree_verify
 
 # n-grams of NGRAM_MIN .. NGRAM_MAX tokens, longest first. vLLM searches prompt_lookup_min .. prompt_lookup_max
@@ -149,9 +149,10 @@ def target_decoder(model: torch.nn.Module, cache, logits_dtype: torch.dtype) -> 
 
 
 def ngram_step(target: Decoder, buf: StepBuffers, seqs: list[list[int]], lengths: list[int], sampler: Sampler,
-               k: int, sync=lambda: None) -> StepOutput:
+               k: int, sync=lambda: None, ranks: bool = False) -> StepOutput:
     """Advance every row by its accepted proposals plus one token. `seqs`: each row's tokens so far
-    (len == lengths[b]); buf.lengths holds the lengths on the device."""
+    (len == lengths[b]); buf.lengths holds the lengths on the device. `ranks`: also rank the depth-1 target
+    token among the tree's depth-1 candidates (propose_tree's order; StepOutput.ranks), as profiling does."""
     B = len(seqs)
     t0 = time.perf_counter()
     proposals = [propose(seq, k) for seq in seqs]
@@ -173,7 +174,18 @@ def ngram_step(target: Decoder, buf: StepBuffers, seqs: list[list[int]], lengths
     t2 = time.perf_counter()
 
     accepted, bonus = sampler.accept_proposals(cand, counts.to(cand.device), logits)
-    return advance(cand, accepted, bonus, L, t0, t1, t2)
+    out = advance(cand, accepted, bonus, L, t0, t1, t2)
+    if ranks:
+        out.ranks = depth1_ranks([_depth1(seq, p) for seq, p in zip(seqs, proposals)], out.tokens[:, 0].tolist())
+    return out
+
+
+def _depth1(seq: list[int], proposal: list[int]) -> list[int]:
+    """The depth-1 candidates best first: the chain's first proposal, then the trie's other first tokens in
+    propose_tree's order (what a tree of top-k RANKED would offer beside the chain)."""
+    head = proposal[:1]
+    rest = [t for t in propose_tree(seq, TreeShape(1, RANKED, RANKED))[0] if t not in head]
+    return (head + rest)[:RANKED]
 
 
 def ngram_tree_step(target: Decoder, buf: StepBuffers, seqs: list[list[int]], lengths: list[int], sampler: Sampler,

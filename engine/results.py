@@ -28,6 +28,8 @@ class Stats:
     draft_length: int
     steps: int = 0  # speculative steps (one verify forward each)
     accepted_histogram: list[int] = field(default_factory=list)  # [i]: row-steps that accepted i drafts
+    # [r]: row-steps whose depth-1 target token was the drafter's rank-r candidate (0: none of them); [] unmeasured
+    rank_histogram: list[int] = field(default_factory=list)
     new_tokens: int = 0  # all rows, the prefill's first token included
     rows: int = 0  # sequences (each got its first token from the prefill)
     row_slots: int = 0  # steps x rows in the batch: a row that is done still occupies its slot
@@ -46,6 +48,9 @@ class Stats:
         for name in _SUMMED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.accepted_histogram = [a + b for a, b in zip(self.accepted_histogram, other.accepted_histogram)]
+        if other.rank_histogram:
+            mine = self.rank_histogram or [0] * len(other.rank_histogram)
+            self.rank_histogram = [a + b for a, b in zip(mine, other.rank_histogram)]
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from specmemo_plan.drafting.trees import RANKED
 from specmemo_plan.errors import SpecMemoError
 from specmemo_plan.models import load_shape
 from specmemo_plan.plan import Plan, read_plan
@@ -111,6 +112,8 @@ class Engine:
             self.draft = Decoder(self.draft_model.model, self.draft_cache)
         self.k = knobs.draft_length if self.draft is not None or self.head is not None or self.ngram else 0
         self.tree = knobs.tree if self.k and not knobs.tree.is_chain else None  # n-gram trees (engine/tree.py)
+        # profiling sets it: chain steps of a head or n-gram rank the depth-1 target token (Stats.rank_histogram)
+        self.measure_ranks = False
         if self.tree is not None:
             check_tree_cache(self.target_cache)
         gen = plan.generation
@@ -235,13 +238,14 @@ class Engine:
                         seqs = [r.tokens for r in rows]
                         out = (ngram_tree_step(self.target, self.buffers, seqs, lens, self.sampler, self.tree, self._sync)
                                if self.tree is not None else
-                               ngram_step(self.target, self.buffers, seqs, lens, self.sampler, self.k, self._sync))
+                               ngram_step(self.target, self.buffers, seqs, lens, self.sampler, self.k, self._sync,
+                                          self.measure_ranks))
                     elif self.head is not None:  # pending pairs: the last step's accepted + 1 (1 after a prefill)
                         seqs, pending = [r.tokens for r in rows], [r.pending for r in rows]
                         out = (eagle_tree_step(self.target, self.head, self.buffers, seqs, pending, lens, self.sampler,
                                                self.tree, self._sync) if self.tree is not None else
                                eagle_step(self.target, self.head, self.buffers, seqs, pending, lens, self.sampler,
-                                          self._sync))
+                                          self._sync, self.measure_ranks))
                     else:
                         # catch-up: 1 token, or 2 where the draft has not seen x[L-2] (all k accepted, or after prefill)
                         c = max(n - r.draft_valid for r, n in zip(rows, lens))
@@ -252,13 +256,18 @@ class Engine:
                     stats.verify_s += out.verify_s
                     stats.accept_s += out.accept_s
                     accepted, tokens = out.accepted.tolist(), out.tokens.tolist()
+                    ranks = out.ranks
                 else:
-                    accepted, tokens = [0] * B, self._plain_step(rows, lens, stats)
+                    accepted, tokens, ranks = [0] * B, self._plain_step(rows, lens, stats), None
                 stats.steps += 1
-                for row, n, new, length in zip(rows, accepted, tokens, lens):
+                if ranks is not None and not stats.rank_histogram:
+                    stats.rank_histogram = [0] * (RANKED + 1)
+                for b, (row, n, new, length) in enumerate(zip(rows, accepted, tokens, lens)):
                     if row.done:
                         continue
                     stats.accepted_histogram[n] += 1
+                    if ranks is not None:
+                        stats.rank_histogram[ranks[b]] += 1
                     row.target_valid = length + n  # positions 0 .. L-1+n hold committed tokens
                     row.draft_valid = length + min(n, self.k - 1) if self.draft is not None else 0  # d_k never fed
                     row.commit(new[: n + 1], self.eos_ids, ignore_eos)

@@ -20,7 +20,7 @@ d_i == argmax p_i, then take argmax p at the first mismatch (or after the last d
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -107,6 +107,9 @@ class StepOutput:
     draft_s: float  # seconds in block 1
     verify_s: float  # seconds in block 2
     accept_s: float  # seconds in blocks 3 and 4
+    # each row's first new token (the target's at depth 1) as the drafter ranked it among its depth-1
+    # candidates: 1 .. RANKED, 0 when not among them (no proposal included); None when not measured
+    ranks: list[int] | None = field(default=None, kw_only=True)
 
 
 def speculative_step(
@@ -149,6 +152,12 @@ def speculative_step(
 
     # 4. bonus token: the target's own token after the accepted prefix; each row advances by accepted + 1
     return advance(drafts, accepted, bonus, L, t0, t1, t2)
+
+
+def depth1_ranks(candidates: list[list[int]], firsts: list[int]) -> list[int]:
+    """Rank (1-based) of each row's depth-1 target token among that row's depth-1 candidates, best first;
+    0 when it is not among them. What a tree's siblings would have caught (drafting/trees.py sibling_shares)."""
+    return [c.index(t) + 1 if t in c else 0 for c, t in zip(candidates, firsts)]
 
 
 def advance(drafts: torch.Tensor, accepted: torch.Tensor, bonus: torch.Tensor, L: torch.Tensor,

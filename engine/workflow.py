@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from specmemo_plan.autotune import MeasuredProfile, fit_latency, samples_to_dicts
 from specmemo_plan.budget import check_weights_fit
@@ -142,6 +142,7 @@ class RunStats:
     accepted_histogram: list[int]
     row_utilisation: float | None
     acceptance_rate: float | None  # quantities.acceptance_rate; None for plain decoding
+    rank_histogram: list[int] = field(default_factory=list)  # Stats.rank_histogram ([] unmeasured)
 
     def as_dict(self) -> dict:
         data = {"new_tokens": self.new_tokens, "max_new": self.max_new, "decode_tokens_per_s": self.decode_tokens_per_s,
@@ -237,10 +238,13 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- verify
 
 
-def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str], max_new_tokens: int) -> RunMeasurement:
+def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str], max_new_tokens: int,
+                ranks: bool = False) -> RunMeasurement:
     """The engine on `plan` over `prompts`, in batches of the plan's batch: measured speed and memory.
-    A measurement, not a service: a prompt longer than the room left keeps its last tokens."""
+    A measurement, not a service: a prompt longer than the room left keeps its last tokens.
+    `ranks`: also the depth-1 rank histogram of a head's or n-gram's chain (Engine.measure_ranks)."""
     engine = Engine(plan, device=torch_device, target=target, draft=draft)
+    engine.measure_ranks = ranks
     B = plan.knobs.batch_size
     total, contexts = Stats(plan.knobs.draft_length), []
     max_new = min(max_new_tokens, plan.knobs.max_context // 2)
@@ -255,7 +259,7 @@ def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str]
         decode_tokens_per_s=total.decode_tokens_per_s,  # tokens after the prefill's first, per decode second
         tokens_per_s=total.new_tokens / total.total_s, mean_context=sum(contexts) / len(contexts),
         accepted_histogram=total.accepted_histogram, row_utilisation=total.as_dict()["row_utilisation"],
-        acceptance_rate=total.acceptance_rate,
+        acceptance_rate=total.acceptance_rate, rank_histogram=total.rank_histogram,
     )
     return RunMeasurement(stats, engine.memory_report())
 

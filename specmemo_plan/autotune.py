@@ -142,6 +142,9 @@ class MeasuredProfile:
     # target for MTP) or nothing (n-gram: no draft forward, only its acceptance histogram). None: draft-model
     # with a draft, none without, as the files written before the field (still version 1) mean
     draft_method: str | None = None
+    # a head's or n-gram's depth-1 ranks (engine Stats.rank_histogram: [none, rank 1, ..., rank R]): what a
+    # tree's siblings catch (drafting.trees.sibling_shares); None: not measured, the tree model's geometric ranks
+    rank_histogram: list | None = None
 
     def __post_init__(self):
         from .drafting.methods import effective_method
@@ -284,6 +287,7 @@ def search(
     device_overhead_bytes: int = 0,
     new_tokens: int | None = None,
     shapes: Sequence | None = None,
+    ranks: Sequence[float] | None = None,
 ) -> SearchResult:
     """Exhaustive search over the draft's shape (plain decoding, no draft, among them), batch and prefill
     chunk under memory <= budget. `shapes`: the drafting.trees.TreeShape to try (tune: trees.runtime_shapes;
@@ -293,6 +297,7 @@ def search(
     wins (the plan is then on the frontier it prints), then the larger prefill chunk; with `retain`, the
     smallest memory keeping that share wins.
     `new_tokens`: tokens per row of a static batch (throughput.batch_utilisation); None: not counted.
+    `ranks`: the drafter's measured depth-1 rank histogram, for trees (throughput.predict_speed).
     The draft method is `base.draft_method` (drafting/methods.py): n-gram drafts without a `draft`."""
     from .drafting.trees import TreeShape
 
@@ -307,7 +312,7 @@ def search(
         shapes = [TreeShape(k, 1, k) for k in range(1, k_max + 1)]
     tries = [None] + ([t for t in shapes if t.depth <= k_max] if drafts else [])
     speed_kwargs = {"histogram": histogram} if histogram is not None else {"acceptance": acceptance if acceptance is not None else DEFAULT_ACCEPTANCE}
-    speed_kwargs["new_tokens"] = new_tokens
+    speed_kwargs.update(new_tokens=new_tokens, ranks=ranks)
     chunk_values = sorted({min(c, base.max_context) for c in chunks})
     candidates: list[Candidate] = []
     evaluated = 0

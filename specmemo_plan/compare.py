@@ -306,7 +306,7 @@ def measured_method_verdict(measured: MeasuredProfile, label: str, target: Model
                                 draft_length=0 if method == "none" else 1, head_embedding=measured.head_embedding),
                         acceptance_rate(histogram) if histogram else None, measured.acceptance_source)
     k_max = min(k_max, len(histogram) - 1) if histogram else k_max
-    speed = {"histogram": histogram} if histogram else {}
+    speed = {"histogram": histogram, "ranks": measured.rank_histogram} if histogram else {}
     return method_verdict(measured.device["total_memory_bytes"], measured.runtime_overhead_bytes, measured.latency(),
                           target, setup, k_max, speed, measured.search_shapes(k_max))
 

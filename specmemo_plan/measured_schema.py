@@ -17,7 +17,7 @@ from .memory import WEIGHT_DTYPES
 VERSION = 1
 HINT = "run `specmemo-plan profile` again, or fix that field"
 FIELDS = ("device", "target", "draft", "samples", "target_fit", "draft_fit", "acceptance_histogram",
-          "acceptance_source", "notes", "version", "draft_method")
+          "acceptance_source", "notes", "version", "draft_method", "rank_histogram")
 REQUIRED = FIELDS[:8]  # notes, version and draft_method have defaults (a file without draft_method: draft-model
 # with a draft, none without, as every file written before the field)
 FIT_FIELDS = ("coefficients", "mean_abs_pct_error", "max_abs_pct_error", "num_samples", "knots")
@@ -148,6 +148,19 @@ def _method(c: _Check, data: dict) -> None:
         c.fail("draft.head_embedding", f"is for an EAGLE or MTP head, not draft method {method}")
 
 
+def _counts(c, data, name: str) -> None:
+    """An optional list of at least 2 non-negative counts, not all zero."""
+    counts = data.get(name)
+    if counts is None:
+        return
+    if not isinstance(counts, list) or len(counts) < 2:
+        c.fail(name, f"must be null or a list of at least 2 counts, got {counts!r:.40}")
+    for i, count in enumerate(counts):
+        c.number(count, f"{name}[{i}]", nonnegative=True)
+    if sum(counts) <= 0:
+        c.fail(name, "counts no step (all zero)")
+
+
 def check_measured(data, where: str) -> dict:
     """MeasuredProfile's keyword arguments from a file's JSON, every field checked (see the module docstring)."""
     c = _Check(where)
@@ -174,14 +187,11 @@ def check_measured(data, where: str) -> dict:
     _fit(c, data, "draft_fit", optional=True)
     if (data["draft"] is None) != (data["draft_fit"] is None):
         c.fail("draft_fit", "must be given exactly when draft is")
-    histogram = data["acceptance_histogram"]
-    if histogram is not None:
-        if not isinstance(histogram, list) or len(histogram) < 2:
-            c.fail("acceptance_histogram", f"must be null or a list of at least 2 counts, got {histogram!r:.40}")
-        for i, count in enumerate(histogram):
-            c.number(count, f"acceptance_histogram[{i}]", nonnegative=True)
-        if sum(histogram) <= 0:  # quantities.acceptance_rate would divide by zero
-            c.fail("acceptance_histogram", "counts no step (all zero)")
+    _counts(c, data, "acceptance_histogram")  # quantities.acceptance_rate would divide by an all-zero one
+    _counts(c, data, "rank_histogram")  # [none, rank 1, ...]: drafting.trees.sibling_shares divides by rank 1
+    ranks = data.get("rank_histogram")
+    if ranks is not None and not ranks[1]:
+        c.fail("rank_histogram", "counts no depth-1 draft of rank 1 (the shares are relative to it)")
     c.str(data, "acceptance_source", "acceptance_source", choices=("measured", "given", "none"))
     _method(c, data)
     if data.get("notes") is not None and not isinstance(data["notes"], dict):

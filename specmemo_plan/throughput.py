@@ -311,12 +311,14 @@ def predict_speed(
     new_tokens: int | None = None,
     split=None,
     interconnect_gbps: float | None = None,
+    ranks: Sequence[float] | None = None,
 ) -> SpeedPrediction:
     """Tokens/s of the plan and of plain decoding with the same batch, context and placement.
     `context`: cached tokens per step, when known (a measured run); else `mean_context`.
     `new_tokens`: tokens each row generates in a static batch; given, a batch > 1 loses the
     share of row-steps its rows spend waiting for the slowest one (batch_utilisation).
-    `split`: a placement.DeviceSplit over N devices (None: one device), `interconnect_gbps` its link."""
+    `split`: a placement.DeviceSplit over N devices (None: one device), `interconnect_gbps` its link.
+    `ranks`: a tree drafter's measured depth-1 rank histogram (drafting.trees.sibling_shares); chains ignore it."""
     B, k = knobs.batch_size, knobs.draft_length
     ctx = context if context is not None else mean_context(knobs)
     dtype = knobs.weight_dtype
@@ -327,7 +329,7 @@ def predict_speed(
         return SpeedPrediction(plain, plain, 1.0, 1.0, 0.0, plain_ms, plain_ms, decode, decode)
     if method != "draft-model":
         return _predict_method(target, draft, knobs, latency, method, acceptance, histogram, draft_latency, ctx,
-                               new_tokens, split, interconnect_gbps, plain, plain_ms, decode)
+                               new_tokens, split, interconnect_gbps, plain, plain_ms, decode, ranks)
     if histogram is not None:
         tokens = expected_tokens_from_histogram(histogram, k)
         acceptance = acceptance_rate(histogram)
@@ -365,7 +367,7 @@ def draft_ms_per_step(latency: LatencyModel, target: ModelShape, draft: ModelSha
 
 
 def _predict_method(target, draft, knobs, latency, method, acceptance, histogram, draft_latency, ctx, new_tokens,
-                    split, interconnect_gbps, plain, plain_ms, decode) -> SpeedPrediction:
+                    split, interconnect_gbps, plain, plain_ms, decode, ranks=None) -> SpeedPrediction:
     """predict_speed for the methods of drafting/: tokens per step from the tree model (drafting/trees.py),
     step = draft_ms_per_step + a target forward of T + 1 tokens."""
     from .drafting import trees
@@ -376,14 +378,15 @@ def _predict_method(target, draft, knobs, latency, method, acceptance, histogram
         acceptance = acceptance_rate(histogram)
     else:
         per_depth = trees.per_depth_acceptance(acceptance, tree.depth)
-    tokens = trees.expected_tokens(tree, per_depth)
+    siblings = trees.sibling_shares(ranks) if ranks and not tree.is_chain else None
+    tokens = trees.expected_tokens(tree, per_depth, siblings)
     draft_ms = draft_ms_per_step(draft_latency or latency, target, draft, knobs, method, ctx)
     verify_ms, verify, hops = target_forward_ms(latency, target, knobs.weight_dtype, B, tree.tokens + 1, ctx, split,
                                                 interconnect_gbps)
     step_ms = draft_ms + verify_ms
     speed = B * tokens / step_ms * 1e3
     if new_tokens:
-        speed *= batch_utilisation(trees.tokens_distribution(tree, per_depth), B, new_tokens)
+        speed *= batch_utilisation(trees.tokens_distribution(tree, per_depth, siblings), B, new_tokens)
     return SpeedPrediction(speed, plain, speed / plain, tokens, acceptance, step_ms, plain_ms, verify, decode,
                            hops, draft_ms)
 

@@ -110,7 +110,8 @@ class TuneJob:
         try:
             result = search(self.target, self.draft, self.base, self.budget, m.latency(), histogram=m.acceptance_histogram,
                             device_overhead_bytes=m.runtime_overhead_bytes, k_max=k_max, max_batch=self.searched_batch,
-                            retain=retain, new_tokens=self.new_tokens, shapes=self.shapes(k_max))
+                            retain=retain, new_tokens=self.new_tokens, shapes=self.shapes(k_max),
+                            ranks=m.rank_histogram)
         except SpecMemoError:
             need = breakdown(self.target, None, plain_knobs(self.base), m.runtime_overhead_bytes).total_bytes
             raise SpecMemoError(
@@ -123,7 +124,8 @@ class TuneJob:
         m = self.measured
         at = replace(self.base, batch_size=batch, prefill_chunk=chunk, draft_length=1)
         return min_budget(self.target, self.draft, at, m.latency(), k_max=k_max, histogram=m.acceptance_histogram,
-                          device_overhead_bytes=m.runtime_overhead_bytes, shapes=self.shapes(k_max))
+                          device_overhead_bytes=m.runtime_overhead_bytes, shapes=self.shapes(k_max),
+                          ranks=m.rank_histogram)
 
     def plan(self, result: SearchResult, k_max: int, retain: float | None, search_s: float,
              methods: tuple = (), method_notes: list[str] | None = None) -> tuple[Plan, TuneReport]:

@@ -18,6 +18,8 @@ from specmemo_plan.plan import read_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+from specmemo_plan.drafting.trees import RANKED
+
 SMALL = ["-c", "96", "--max-batch", "2", "--prompts", "2", "--k-max", "3", "--repeats", "1"]
 
 
@@ -50,6 +52,11 @@ def test_profiles_carry_method_fit_and_engine_histogram(profiled):
         assert len(data["acceptance_histogram"]) == 4 and sum(data["acceptance_histogram"]) > 0
         assert data["notes"]["acceptance_run"]["method"] == "engine"
     assert sum(eagle["acceptance_histogram"][1:]) > 0  # the built head drafts the cycle target's successors
+    # the depth-1 ranks the tree model reads for siblings: one per row-step; greedy, rank 1 = first draft accepted
+    for data in (eagle, ngram):
+        ranks, hist = data["rank_histogram"], data["acceptance_histogram"]
+        assert len(ranks) == RANKED + 1 and sum(ranks) == sum(hist) and ranks[1] == sum(hist[1:])
+    assert {s["num_tokens"] for s in eagle["samples"] if s["model"] == "draft"} == {1, 2, 4, 8}  # tree widths
 
 
 def test_tune_chooses_among_the_profiled_methods(profiled, tmp_path):

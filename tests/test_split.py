@@ -104,6 +104,10 @@ PAIRS = [
     ("smollm2-360m-instruct", "smollm2-135m-instruct", Knobs(batch_size=2, max_context=1024, draft_length=5)),
     ("qwen2.5-1.5b-instruct", "qwen2.5-0.5b-instruct", Knobs(batch_size=3, max_context=2048, draft_length=2)),
     ("llama-2-7b-chat", None, Knobs(batch_size=8, max_context=4096)),
+    # n-gram: no draft; its candidate tokens (and a tree's parents) sit with the verify logits
+    ("llama-2-7b-chat", None, Knobs(batch_size=4, max_context=2048, draft_length=3, draft_method="ngram")),
+    ("qwen2.5-1.5b-instruct", None, Knobs(batch_size=2, max_context=2048, draft_length=8, draft_method="ngram",
+                                           tree_depth=3, tree_topk=4)),
 ]
 
 

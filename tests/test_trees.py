@@ -22,6 +22,24 @@ def test_hand_computed_tree():
     assert trees.expected_tokens(TreeShape(2, 2, 2), [0.5, 0.5]) == pytest.approx(1.75)
 
 
+def test_measured_siblings_replace_the_geometric_ranks():
+    # rank histogram [none, r1, r2] = [30, 50, 10]: s = (1, 0.2). Depth 2, top-k 2 at a = 0.5: node values
+    # 0.5 (d1 r1), 0.1 (d1 r2: 0.5 * 0.2), 0.25 (d2 r1 under d1 r1), 0.05 (d2 r2), 0.05 (d2 r1 under d1 r2)
+    siblings = trees.sibling_shares([30, 50, 10])
+    assert siblings == [1.0, 0.2]
+    assert trees.expected_tokens(TreeShape(2, 2, 3), [0.5, 0.5], siblings) == pytest.approx(1.85)  # 0.5, 0.25, 0.1
+    assert trees.expected_tokens(TreeShape(2, 2, 3), [0.5, 0.5]) == pytest.approx(2.0)  # geometric: 0.25 at r2
+    # a chain does not read them; ranks past the measured ones catch nothing
+    assert trees.expected_tokens(TreeShape(3, 1, 3), [0.5] * 3, siblings) == trees.expected_tokens(TreeShape(3, 1, 3),
+                                                                                                 [0.5] * 3)
+    assert trees.expected_tokens(TreeShape(1, 4, 4), [0.5], siblings) == pytest.approx(1 + 0.5 + 0.1)
+    # siblings that never hold the target's token: a tree is worth its chain
+    assert trees.expected_tokens(TreeShape(3, 4, 12), [0.6] * 3, [1.0, 0.0, 0.0, 0.0]) == pytest.approx(
+        trees.expected_tokens(TreeShape(3, 1, 3), [0.6] * 3))
+    with pytest.raises(SpecMemoError, match="no rank-1 draft"):
+        trees.sibling_shares([5, 0, 1])
+
+
 def test_capacity_and_refusals():
     assert trees.tree_capacity(1, 4) == 4 and trees.tree_capacity(3, 4) == 4 + 2 * 16
     with pytest.raises(SpecMemoError, match="holds at most 4 nodes"):

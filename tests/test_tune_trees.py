@@ -122,6 +122,21 @@ def test_tune_keeps_a_chain_when_verify_rows_are_dear():
     assert plan.prediction.tokens_per_s == pytest.approx(speed)
 
 
+def test_measured_siblings_that_catch_nothing_keep_tune_on_chains():
+    """The same cheap verify rows that make trees pay by the geometric ranks: with a measured rank histogram
+    whose siblings never held the target's token, every tree is worth its chain at a wider verify."""
+    measured = replace(profile("ngram", 0.6, c1=0.05), rank_histogram=[40, 60] + [0] * 9)
+    plan, report = tune(measured, None, 1024, 128, k_max=6, max_batch=1)
+    assert plan.knobs.tree.is_chain and plan.knobs.draft_length >= 1
+    geometric, _ = tune(profile("ngram", 0.6, c1=0.05), None, 1024, 128, k_max=6, max_batch=1)
+    assert not geometric.knobs.tree.is_chain
+    # and with siblings as likely as the geometric ranks say, the tree comes back
+    a = 0.6
+    likely = [40, 100] + [round(100 * (1 - a) ** r) for r in range(1, 10)]
+    back, _ = tune(replace(profile("ngram", a, c1=0.05), rank_histogram=likely), None, 1024, 128, k_max=6, max_batch=1)
+    assert not back.knobs.tree.is_chain
+
+
 def test_a_tree_plan_fits_the_budget_and_its_notes_name_the_tree():
     measured = profile("eagle", 0.6, c1=0.05)
     unbounded, _ = tune(measured, None, 1024, 128, k_max=6, max_batch=1)

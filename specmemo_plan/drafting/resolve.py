@@ -48,12 +48,8 @@ def medusa_heads(draft: ModelShape) -> int:
 
 
 def check_method_limits(method: str, draft: ModelShape | None, knobs, devices: int) -> None:
-    """What the knobs alone cannot check: Medusa's depth within its heads; n-gram on one device (the
-    layer-wise split does not place its candidate buffers yet)."""
+    """What the knobs alone cannot check: Medusa's depth within its heads."""
     if method == "medusa" and knobs.draft_length and knobs.tree.depth > medusa_heads(draft):
         raise SpecMemoError(f"the Medusa head set has {medusa_heads(draft)} heads: a chain or tree of depth "
                             f"{knobs.tree.depth} needs as many", f"use --draft-length (or --tree-depth) "
                             f"{medusa_heads(draft)} or less")
-    if method == "ngram" and devices > 1:
-        raise SpecMemoError("n-gram plans over several devices are not sized yet (the split does not place the "
-                            "candidate buffers)", "plan n-gram drafting on one device")

@@ -15,6 +15,14 @@ the bonus token included. For top-k 1 this is 1 + a + a^2 + ... + a^T = (1 - a^(
 formula (Leviathan et al. 2023, eq. 1). P(accepted length >= j) is the sum of the depth-j values (at most one
 node per depth is accepted). Per-depth acceptance from a measured chain histogram h_0..h_K (steps that
 accepted i drafts): a_j = P(L >= j) / P(L >= j - 1); past K nothing was measured and a_j = 0.
+
+Measured siblings replace the geometric ranks where the engine measured them: profiling ranks each step's
+depth-1 target token among the drafter's depth-1 candidates (engine Stats.rank_histogram n_0..n_R: n_r steps
+found it at rank r, n_0 at none), and the r-th child is right with a_i * s_r, s_r = n_r / n_1 (sibling_shares;
+the same shape at every depth, an assumption; ranks past R count 0). Measured on the bundled pair
+(bench/tree_model.py, README): the geometric ranks overstate trees by 3-15% (EAGLE head) and up to 29%
+(n-gram, whose siblings rarely hold the target's token); with the measured siblings the error is -3.6% to
++3.3% (EAGLE) and -6.8% to +1.3% (n-gram) over eight trees of depth 2-6, top-k 2-4, T 3-12.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ SEARCH_TOKENS = (8, 16, 32, 48, 64)  # T values min-budget tries for trees
 # The bundled runtime (engine/) verifies trees for these methods: engine/tree.py verifies, engine/eagle_tree.py
 # and engine/ngram.py grow them. The others' trees are sized and exported, not run here.
 RUNTIME_TREE_METHODS = ("eagle", "ngram")
+RANKED = MAX_TREE_TOPK  # depth-1 ranks profiling measures (sibling_shares): as wide as a tree searched
 EVERY_T_TO = 16  # runtime_shapes tries every T up to here, then SEARCH_TOKENS (a measured grid is short)
 
 
@@ -96,15 +105,26 @@ def per_depth_from_histogram(histogram: Sequence[float], depth: int) -> list[flo
     return out
 
 
-def kept_nodes(tree: TreeShape, per_depth: Sequence[float]) -> list[tuple[int, float]]:
-    """(depth, value) of the T nodes of highest acceptance value, best first (best-first expansion)."""
+def sibling_shares(rank_histogram: Sequence[float]) -> list[float]:
+    """s_r = n_r / n_1, r = 1 .. R, from a depth-1 rank histogram [n_0 (none), n_1, ..., n_R] (module docstring)."""
+    if len(rank_histogram) < 2 or rank_histogram[1] <= 0:
+        raise SpecMemoError("the rank histogram counts no rank-1 draft", "profile the drafter again")
+    return [n / rank_histogram[1] for n in rank_histogram[1:]]
+
+
+def kept_nodes(tree: TreeShape, per_depth: Sequence[float], siblings: Sequence[float] | None = None
+               ) -> list[tuple[int, float]]:
+    """(depth, value) of the T nodes of highest acceptance value, best first (best-first expansion).
+    `siblings`: measured s_1 = 1, s_2, ... (sibling_shares); None: the geometric ranks (module docstring)."""
     check_tree(tree)
     if len(per_depth) < tree.depth:
         raise SpecMemoError(f"{len(per_depth)} per-depth acceptances for a tree of depth {tree.depth}")
 
     def value(parent: float, depth: int, rank: int) -> float:
         a = per_depth[depth - 1]
-        return parent * a * (1.0 - a) ** (rank - 1)
+        if siblings is None:
+            return parent * a * (1.0 - a) ** (rank - 1)
+        return parent * a * siblings[rank - 1] if rank <= len(siblings) else 0.0
 
     heap = [(-value(1.0, 1, 1), 1, 1, 1.0)]
     kept = []
@@ -118,15 +138,16 @@ def kept_nodes(tree: TreeShape, per_depth: Sequence[float]) -> list[tuple[int, f
     return kept
 
 
-def expected_tokens(tree: TreeShape, per_depth: Sequence[float]) -> float:
+def expected_tokens(tree: TreeShape, per_depth: Sequence[float], siblings: Sequence[float] | None = None) -> float:
     """1 + the sum of the kept nodes' values: accepted drafts plus the bonus token (module docstring)."""
-    return 1.0 + sum(v for _, v in kept_nodes(tree, per_depth))
+    return 1.0 + sum(v for _, v in kept_nodes(tree, per_depth, siblings))
 
 
-def tokens_distribution(tree: TreeShape, per_depth: Sequence[float]) -> list[float]:
+def tokens_distribution(tree: TreeShape, per_depth: Sequence[float], siblings: Sequence[float] | None = None
+                        ) -> list[float]:
     """P(a step yields j tokens), j = 1 .. depth + 1, from P(L >= j) = the sum of the depth-j values."""
     at_least = [1.0] + [0.0] * tree.depth
-    for depth, v in kept_nodes(tree, per_depth):
+    for depth, v in kept_nodes(tree, per_depth, siblings):
         at_least[depth] += v
     at_least.append(0.0)
     return [max(0.0, at_least[j] - at_least[j + 1]) for j in range(tree.depth + 1)]

@@ -5,7 +5,8 @@ N > 1 the target is split layer-wise, pipeline style, by the same sequential wal
 (`accelerate.py`), but over what each device really holds (docs/placement.md): each decoder layer
 carries its KV slice; the embedding's device the input buffers; the output layer's device the verify
 logits and the whole draft (the accept step reads both models' logits there); every used device its
-own runtime overhead and activation peak. So
+own runtime overhead and activation peak (n-gram's candidate tokens, no draft to ride with, sit with the
+verify logits). So
     sum over devices = memory.breakdown(...) + (used - 1) * (runtime overhead + target activation peak)
 exactly. Policies: "sequential" fills device 0 first; "balanced" (default) finds the smallest common
 cap per device under which the walk still places everything, so the layers spread over all devices.
@@ -155,7 +156,7 @@ class _Costs:
     units: list  # bytes each placement unit makes its device hold
     kv_layers: tuple[int, ...]  # each decoder layer's KV (window layers hold fewer slots)
     input_buffers: int  # verify mask and lengths: on the embedding's device
-    logits: int  # the verify logits: on the output layer's device
+    logits: int  # the verify logits and the candidates they are checked against: on the output layer's device
     draft_buffers: int
     act_target: int  # peak transient of a target forward on any device
     act_all: int  # the same, with the draft's forwards: on the draft's device
@@ -166,14 +167,17 @@ def _costs(target, draft, knobs, lay: Layout) -> _Costs:
     B, k = knobs.batch_size, knobs.draft_length
     kv_layers = kv_layer_bytes(target, B, knobs.max_context, k, knobs.cache_dtype)
     specs = {s.name: s.nbytes for s in candidate_buffer_specs(target, draft, knobs)}
-    input_buffers = specs.get("verify_mask", 0) + specs.get("verify_mask_sliding", 0) + specs.get("lengths", 0)
+    inputs = ("verify_mask", "verify_mask_sliding", "lengths")
+    input_buffers = sum(specs.get(name, 0) for name in inputs)
     draft_buffers = sum(v for name, v in specs.items() if name.startswith("draft_"))
+    # the rest where the accept step runs: target_logits, and n-gram's candidate_tokens / candidate_parents
+    head_buffers = sum(v for name, v in specs.items() if name not in inputs and not name.startswith("draft_"))
     act_target, act_all = target_activation_bytes(target, knobs), activation_bytes(target, draft, knobs)
     draft_pack = 0
     if draft is not None:
         draft_kv = kv_cache_bytes(draft, B, knobs.max_context, k, knobs.cache_dtype)
         draft_pack = weight_bytes(draft, knobs.draft_dtype) + draft_kv + draft_buffers + (act_all - act_target)
-    head_extra = specs["target_logits"] + draft_pack
+    head_extra = head_buffers + draft_pack
     units = []
     for u in lay.units:
         cost = u.weight_bytes + (kv_layers[u.layer] if u.kind == "layer" else 0)
@@ -182,7 +186,7 @@ def _costs(target, draft, knobs, lay: Layout) -> _Costs:
         if u.kind == "head" and not lay.tied:
             cost += head_extra
         units.append(cost)
-    return _Costs(units, kv_layers, input_buffers, specs["target_logits"], draft_buffers, act_target, act_all)
+    return _Costs(units, kv_layers, input_buffers, head_buffers, draft_buffers, act_target, act_all)
 
 
 def _walk(costs, limits) -> list[int] | None:
