@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from .autotune import MeasuredProfile, search
 from .budget import min_budget, search_shapes
+from .drafting.methods import get_method
 from .errors import SpecMemoError
 from .hardware import HardwareProfile
 from .memory import Knobs, breakdown, plain_knobs
@@ -187,6 +188,7 @@ class MethodVerdict:
     note: str = ""
     draft_length_limit: int = MAX_DRAFT_LENGTH
     tree: dict | None = None  # the best configuration's shape (drafting.trees.TreeShape.as_dict); None: plain
+    siblings_source: str | None = None  # where a best tree's sibling acceptance comes from; None: a chain
 
     @property
     def pays(self) -> bool:
@@ -259,8 +261,11 @@ def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setu
         return _failed(setup, note or "no drafting configuration fits the device's memory", sd_fits=sd_fits,
                        plain_tokens_per_s=plain, min_budget_bytes=minimum, min_budget_tree=tree,
                        draft_length_limit=k_max)
+    tree_best = best.knobs.draft_length and not best.knobs.tree.is_chain
+    siblings = None if not tree_best else "measured: the profile's depth-1 ranks" if speed_kwargs.get("ranks") \
+        else get_method(method).ranks_source
     return MethodVerdict(
-        draft_method=method, draft=setup.draft_ref, acceptance=setup.acceptance,
+        siblings_source=siblings, draft_method=method, draft=setup.draft_ref, acceptance=setup.acceptance,
         acceptance_source=setup.acceptance_source, sd_fits=sd_fits, draft_length=best.knobs.draft_length,
         tree=best.knobs.tree.as_dict() if best.knobs.draft_length else None, batch=best.knobs.batch_size, total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
         plain_tokens_per_s=plain, speedup=best.tokens_per_s / plain, min_budget_bytes=minimum, min_budget_tree=tree,

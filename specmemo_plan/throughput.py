@@ -378,6 +378,10 @@ def _predict_method(target, draft, knobs, latency, method, acceptance, histogram
         acceptance = acceptance_rate(histogram)
     else:
         per_depth = trees.per_depth_acceptance(acceptance, tree.depth)
+    if ranks is None:  # the method's own (drafting/methods.py: n-gram's measured), else geometric
+        from .drafting.methods import get_method
+
+        ranks = get_method(method).default_ranks
     siblings = trees.sibling_shares(ranks) if ranks and not tree.is_chain else None
     tokens = trees.expected_tokens(tree, per_depth, siblings)
     draft_ms = draft_ms_per_step(draft_latency or latency, target, draft, knobs, method, ctx)

@@ -125,16 +125,32 @@ def test_tune_keeps_a_chain_when_verify_rows_are_dear():
 def test_measured_siblings_that_catch_nothing_keep_tune_on_chains():
     """The same cheap verify rows that make trees pay by the geometric ranks: with a measured rank histogram
     whose siblings never held the target's token, every tree is worth its chain at a wider verify."""
-    measured = replace(profile("ngram", 0.6, c1=0.05), rank_histogram=[40, 60] + [0] * 9)
+    measured = replace(profile("eagle", 0.6, c1=0.05), rank_histogram=[40, 60] + [0] * 9)
     plan, report = tune(measured, None, 1024, 128, k_max=6, max_batch=1)
     assert plan.knobs.tree.is_chain and plan.knobs.draft_length >= 1
-    geometric, _ = tune(profile("ngram", 0.6, c1=0.05), None, 1024, 128, k_max=6, max_batch=1)
+    geometric, _ = tune(profile("eagle", 0.6, c1=0.05), None, 1024, 128, k_max=6, max_batch=1)  # no ranks
     assert not geometric.knobs.tree.is_chain
     # and with siblings as likely as the geometric ranks say, the tree comes back
     a = 0.6
     likely = [40, 100] + [round(100 * (1 - a) ** r) for r in range(1, 10)]
-    back, _ = tune(replace(profile("ngram", a, c1=0.05), rank_histogram=likely), None, 1024, 128, k_max=6, max_batch=1)
+    back, _ = tune(replace(profile("eagle", a, c1=0.05), rank_histogram=likely), None, 1024, 128, k_max=6, max_batch=1)
     assert not back.knobs.tree.is_chain
+
+
+def test_ngram_trees_default_to_the_measured_ngram_siblings():
+    """Without a measured rank histogram n-gram trees read methods.NGRAM_RANKS (its siblings rarely hold the
+    target's token), not the geometric ranks; the other methods keep the geometric ones."""
+    from specmemo_plan.drafting.methods import NGRAM_RANKS, get_method
+    from specmemo_plan.memory import Knobs
+
+    measured = profile("ngram", 0.6)
+    latency, hist = measured.latency(), measured.acceptance_histogram
+    knobs = Knobs(1, 1024, 1, weight_dtype="bf16", draft_method="ngram").with_tree(TreeShape(3, 4, 8))
+    default = predict_speed(TARGET, None, knobs, latency, histogram=hist).expected_tokens_per_step
+    assert default == predict_speed(TARGET, None, knobs, latency, histogram=hist, ranks=NGRAM_RANKS).expected_tokens_per_step
+    geometric = [1, 1000] + [round(1000 * 0.4**r) for r in range(1, 10)]
+    assert default < predict_speed(TARGET, None, knobs, latency, histogram=hist, ranks=geometric).expected_tokens_per_step
+    assert get_method("eagle").default_ranks is None and "measured" in get_method("ngram").ranks_source
 
 
 def test_a_tree_plan_fits_the_budget_and_its_notes_name_the_tree():

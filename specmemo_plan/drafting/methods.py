@@ -25,6 +25,16 @@ class DraftMethod:
     default_acceptance: float  # per-token acceptance a, when none is measured or given
     acceptance_source: str  # where default_acceptance comes from
     description: str
+    # a tree's siblings when none were measured (trees.sibling_shares of this depth-1 rank histogram);
+    # None: the tree model's geometric ranks
+    default_ranks: tuple[int, ...] | None = None
+    ranks_source: str = "assumed: geometric ranks, the r-th child right with a(1-a)^(r-1) (drafting/trees.py)"
+
+
+# The engine's depth-1 ranks of n-gram lookup (none, rank 1, ..., rank 10), bench/tree_model.py 2026-12-02:
+# other occurrences' continuations almost never hold the target's token, so the geometric ranks overstated
+# n-gram trees by up to 29% there.
+NGRAM_RANKS = (271, 20, 1, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def _eagle3_default() -> float:
@@ -57,7 +67,10 @@ METHODS = {
                     "the target's own multi-token-prediction layer(s): a full decoder layer with eh_proj, its own KV"),
         DraftMethod("ngram", False, False, True, 0.5,
                     "assumed: depends on repetition in the workload (SuffixDecoding, arXiv 2411.04975: 1.0-5.3x)",
-                    "prompt lookup / n-gram matching over the request's tokens: no device weights, no draft KV"),
+                    "prompt lookup / n-gram matching over the request's tokens: no device weights, no draft KV",
+                    default_ranks=NGRAM_RANKS,
+                    ranks_source="measured: bench/tree_model.py, SmolLM2-135M-Instruct, 8 calibration prompts "
+                                 "(README): the second candidate held the target's token in 1 of 292 steps"),
         DraftMethod("none", False, False, False, 0.0, "-", "plain decoding"),
     )
 }

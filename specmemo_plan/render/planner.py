@@ -294,6 +294,9 @@ def compare_methods(devices, sources: list[str] = ()) -> str:
     roofline = next((d for d in devices if d.methods and not d.profile.startswith("measured:")), None)
     notes = [f"{m.draft_method}: acceptance {m.acceptance:g} ({m.acceptance_source})"
              for m in (roofline.methods if roofline else ()) if m.acceptance is not None]
+    siblings = {f"{m.draft_method} trees: siblings {m.siblings_source}" for d in devices for m in d.methods
+                if m.siblings_source}
+    notes += sorted(siblings)
     text = table(rows, ["device", "GiB", "method", "best draft", "batch", "memory GiB", "plain tok/s", "tok/s", "speedup",
                         "cheapest budget that pays GiB", "note"])
     return "\n".join([text, "* the fastest method that pays on that device", *notes, *sources])
