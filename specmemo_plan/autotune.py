@@ -325,7 +325,8 @@ def search(
                 evaluated += 1
                 if memory.total_bytes > budget_bytes:
                     break
-                speed = predict_speed(target, d, knobs, latency, **speed_kwargs) if tree else predict_speed(target, None, knobs, latency)
+                speed = (predict_speed(target, d, knobs, latency, **speed_kwargs) if tree else
+                         predict_speed(target, None, knobs, latency))
                 candidates.append(Candidate(knobs, speed, memory))
     if not candidates:
         raise SpecMemoError("nothing fits the budget, not even plain decoding at batch 1", "raise --budget or shorten --context")

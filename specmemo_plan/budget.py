@@ -90,7 +90,8 @@ def min_budget(
     paying = [o for o in options if o[3].speedup > 1.0 and (retain is None or o[3].tokens_per_s >= retain * best_speed)]
     if not paying:
         top = max(options, key=lambda o: o[3].speedup)
-        which = f"at {top[4].label}" if len(options) == 1 else f"the best predicted speedup is {top[3].speedup:.2f}x ({top[4].label})"
+        which = f"at {top[4].label}" if len(options) == 1 else \
+            f"the best predicted speedup is {top[3].speedup:.2f}x ({top[4].label})"
         if len(options) == 1:
             which += f" the predicted speedup is {top[3].speedup:.2f}x"
         hint = "plain decoding is faster; a better-matched draft or a higher acceptance would change that"

@@ -267,7 +267,8 @@ def method_verdict(memory: int, overhead: int, latency, target: ModelShape, setu
     return MethodVerdict(
         siblings_source=siblings, draft_method=method, draft=setup.draft_ref, acceptance=setup.acceptance,
         acceptance_source=setup.acceptance_source, sd_fits=sd_fits, draft_length=best.knobs.draft_length,
-        tree=best.knobs.tree.as_dict() if best.knobs.draft_length else None, batch=best.knobs.batch_size, total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
+        tree=best.knobs.tree.as_dict() if best.knobs.draft_length else None, batch=best.knobs.batch_size,
+        total_bytes=best.total_bytes, tokens_per_s=best.tokens_per_s,
         plain_tokens_per_s=plain, speedup=best.tokens_per_s / plain, min_budget_bytes=minimum, min_budget_tree=tree,
         headroom_bytes=memory - best.total_bytes, best_breakdown=best.memory.as_dict(), note=note,
         draft_length_limit=k_max)

@@ -138,7 +138,7 @@ def gather(target, draft, draft_length, batch, context, dtype, draft_dtype, kv_d
         draft_weight_dtype=draft_dtype, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
         draft_method=method, tree_depth=tree_depth, tree_topk=tree_topk, head_embedding=head_embedding,
     ).validate(has_draft=draft_shape is not None)
-    check_method_limits(method, draft_shape, knobs, num_devices)
+    check_method_limits(method, draft_shape, knobs)
     if method == "ngram":
         from ..drafting.ngram import host_note
 

@@ -47,7 +47,7 @@ def medusa_heads(draft: ModelShape) -> int:
     return len(draft.layer_params)
 
 
-def check_method_limits(method: str, draft: ModelShape | None, knobs, devices: int) -> None:
+def check_method_limits(method: str, draft: ModelShape | None, knobs) -> None:
     """What the knobs alone cannot check: Medusa's depth within its heads."""
     if method == "medusa" and knobs.draft_length and knobs.tree.depth > medusa_heads(draft):
         raise SpecMemoError(f"the Medusa head set has {medusa_heads(draft)} heads: a chain or tree of depth "
