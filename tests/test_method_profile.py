@@ -13,12 +13,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from specmemo_plan.autotune import read_measured_profile
 from specmemo_plan.cli import cli
+from specmemo_plan.drafting.trees import RANKED
 from specmemo_plan.plan import read_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-from specmemo_plan.drafting.trees import RANKED
 
 SMALL = ["-c", "96", "--max-batch", "2", "--prompts", "2", "--k-max", "3", "--repeats", "1"]
 
@@ -71,6 +71,13 @@ def test_tune_chooses_among_the_profiled_methods(profiled, tmp_path):
     assert method in ("eagle", "ngram", "none")
     assert [m["draft_method"] for m in plan.provenance["methods"]] == ["eagle", "ngram"]
     assert "weighed 2 draft methods" in result.stdout
+    # whatever shape it chose (a chain or a tree), the engine runs the plan as written
+    from engine.runtime import Engine
+
+    out_tokens = Engine(plan, tokenizer=None).generate([[3, 4, 5, 6, 7, 8]], max_new_tokens=6).outputs[0].token_ids
+    assert len(out_tokens) >= 1
+    shapes = read_measured_profile(paths["eagle"]).search_shapes(3)
+    assert any(not s.is_chain for s in shapes)  # trees were on the table: the grid timed wide enough forwards
 
 
 def test_profile_refuses_what_the_method_cannot_take(profiled, tmp_path):
