@@ -181,3 +181,17 @@ def test_tune_methods_table_and_summary_name_the_tree(tmp_path):
     tree = TreeShape(plan["knobs"]["tree_depth"], plan["knobs"]["tree_topk"], plan["knobs"]["draft_length"])
     assert f"wrote plan: eagle, {tree.label}, batch 1," in result.stdout
     assert f"eagle ({HEAD_REF}): chosen: " in result.stdout and tree.label in result.stdout
+
+
+@pytest.mark.parametrize("ranks,message", [([5, 0, 1], "counts no depth-1 draft of rank 1"),
+                                           ([5, -1, 1], r"rank_histogram\[1\] must be a number >= 0"),
+                                           ([3], "must be null or a list of at least 2 counts"),
+                                           ([0, 0], "counts no step")])
+def test_a_bad_rank_histogram_is_refused_in_one_line(ranks, message):
+    from specmemo_plan.errors import SpecMemoError
+    from specmemo_plan.measured_schema import check_measured
+
+    data = json.loads(json.dumps(asdict(profile("eagle", 0.6))))
+    assert check_measured(data | {"rank_histogram": [40, 60, 0]}, "m.json")["rank_histogram"] == [40, 60, 0]
+    with pytest.raises(SpecMemoError, match=message):
+        check_measured(data | {"rank_histogram": ranks}, "m.json")
