@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from specmemo_plan.autotune import LatencySample, MeasuredProfile, fit_latency, samples_to_dicts
+from specmemo_plan.autotune import MeasuredProfile, fit_latency, samples_to_dicts
 from specmemo_plan.drafting.heads import head_shape
 from specmemo_plan.memory import Knobs
 from specmemo_plan.plan import Generation, make_plan
@@ -115,8 +115,8 @@ def profile_methods(target_ref: str, drafters: list[tuple[str, str | None]], dty
             folder, cfg = read_head_folder(ref)
             head = load_head(ref, folder, cfg, d_shape, dtype, torch_device, seed=1)
             # n up to 8: an EAGLE tree's later steps forward top-k frontier nodes (tune prices top-k <= the widest)
-            samples = [LatencySample("draft", b, n, c, time_head(head, target, dtype, b, n, c, repeats))
-                       for b in grid["batches"] for n in HEAD_WIDTHS for c in grid["contexts"]]
+            samples = measure_latencies(head, "draft", dtype, grid["batches"], HEAD_WIDTHS, grid["contexts"], repeats,
+                                        timer=lambda b, n, c: time_head(head, target, dtype, b, n, c, 1, 1))
         if method in ("eagle", "ngram"):
             knobs = Knobs(batch_size=1, max_context=context, draft_length=k_max, weight_dtype=dtype,
                           draft_method=method)

@@ -65,15 +65,21 @@ def median_ms(run, device: torch.device, repeats: int, warmup: int) -> float:
 
 
 def measure_latencies(loaded: LoadedModel, role: str, dtype: str, batches, token_counts, contexts,
-                      repeats: int = 5, progress: bool = True) -> list[LatencySample]:
-    """The grid of (batch, tokens, context) for one model, with a progress bar on stderr."""
+                      repeats: int = 5, progress: bool = True, timer=None) -> list[LatencySample]:
+    """The grid of (batch, tokens, context) for one model, with a progress bar on stderr. Interleaved:
+    `repeats` rounds, each timing every point once after one untimed forward (the order reversed every other
+    round), the median over rounds kept, so load that drifts while the grid runs (this shared machine's
+    B=1 decode ranged 24-42 ms between three back-to-back grids) spreads over every point instead of
+    inflating the ones timed while it lasted. `timer(b, n, c)`: one timed forward (default time_forward)."""
     from tqdm import tqdm
 
+    timer = timer or (lambda b, n, c: time_forward(loaded, dtype, b, n, c, repeats=1, warmup=1))
     grid = [(b, n, c) for b in batches for n in token_counts for c in contexts]
-    samples = []
-    for b, n, c in tqdm(grid, desc=f"profiling {role}", file=sys.stderr, disable=not progress, leave=False):
-        samples.append(LatencySample(role, b, n, c, time_forward(loaded, dtype, b, n, c, repeats)))
-    return samples
+    times: dict[tuple, list[float]] = {point: [] for point in grid}
+    for r in tqdm(range(repeats), desc=f"profiling {role}", file=sys.stderr, disable=not progress, leave=False):
+        for point in grid if r % 2 == 0 else grid[::-1]:
+            times[point].append(timer(*point))
+    return [LatencySample(role, b, n, c, statistics.median(times[(b, n, c)])) for b, n, c in grid]
 
 
 def verify_cost_ratios(loaded: LoadedModel, dtype: str, max_tokens: int = 8, context: int = 256,
