@@ -157,6 +157,8 @@ class RunStats:
 class RunMeasurement:
     stats: RunStats
     memory: dict  # Engine.memory_report(): {"predicted": ..., "measured": ...}, as `python -m engine --json`
+    raw: Stats | None = field(default=None, repr=False, compare=False)  # the engine's own, for pooling passes
+    contexts: tuple = ()  # each row's mean cached tokens
 
     def static_bytes(self, side: str) -> int:
         """Sum of the static components (weights, KV, step buffers), "predicted" or "measured"."""
@@ -205,10 +207,11 @@ class VerifyReport:
     measured_speedup: float | None = None
     worst_case: WorstCase | None = None
     distinct_prompts: int | None = None  # calibration prompts among the rows (fewer: the set was cycled)
+    order: str = "plan"  # the runs in the order they ran; "plan, plain, plain, plan": each side's two pooled
 
     def as_dict(self) -> dict:
         """The report as JSON; entries that were not measured are left out."""
-        data = {"prompts": self.prompts, "distinct_prompts": self.distinct_prompts,
+        data = {"prompts": self.prompts, "distinct_prompts": self.distinct_prompts, "order": self.order,
                 "max_new_tokens": self.max_new_tokens, "engine": self.engine.as_dict(),
                 "predicted_at_run_context": asdict(self.predicted_at_run_context) if self.predicted_at_run_context else None,
                 "throughput_error_percent": self.throughput_error_percent,
@@ -231,7 +234,7 @@ class VerifyReport:
             "memory_error_percent": asdict(self.memory_error_percent),
             "worst_case_activations": asdict(self.worst_case) if self.worst_case else None,
             "run": {"prompts": self.prompts, "distinct_prompts": self.distinct_prompts,
-                    "max_new_tokens": self.max_new_tokens, "mean_context": stats.mean_context},
+                    "max_new_tokens": self.max_new_tokens, "mean_context": stats.mean_context, "order": self.order},
         }
 
 
@@ -254,14 +257,27 @@ def run_prompts(plan: Plan, target, draft, torch_device: str, prompts: list[str]
         result = engine.generate(ids, max_new_tokens=max_new)
         total.merge(result.stats)
         contexts += [len(x) + len(o.token_ids) / 2 for x, o in zip(ids, result.outputs)]
-    stats = RunStats(
-        draft_length=plan.knobs.draft_length, new_tokens=total.new_tokens, max_new=max_new,
+    return RunMeasurement(_run_stats(total, contexts, max_new), engine.memory_report(), total, tuple(contexts))
+
+
+def _run_stats(total: Stats, contexts, max_new: int) -> RunStats:
+    return RunStats(
+        draft_length=total.draft_length, new_tokens=total.new_tokens, max_new=max_new,
         decode_tokens_per_s=total.decode_tokens_per_s,  # tokens after the prefill's first, per decode second
         tokens_per_s=total.new_tokens / total.total_s, mean_context=sum(contexts) / len(contexts),
         accepted_histogram=total.accepted_histogram, row_utilisation=total.as_dict()["row_utilisation"],
         acceptance_rate=total.acceptance_rate, rank_histogram=total.rank_histogram,
     )
-    return RunMeasurement(stats, engine.memory_report())
+
+
+def pooled(first: RunMeasurement, second: RunMeasurement) -> RunMeasurement:
+    """Two passes of one plan as one run: the engine's counts and seconds summed (tokens/s over both passes),
+    the first pass's memory report."""
+    total = Stats(first.raw.draft_length)
+    total.merge(first.raw)
+    total.merge(second.raw)
+    contexts = first.contexts + second.contexts
+    return RunMeasurement(_run_stats(total, contexts, first.stats.max_new), first.memory, total, contexts)
 
 
 def _plain_plan(plan: Plan) -> Plan:
@@ -280,7 +296,8 @@ def _predict_at_run(plan: Plan, measured: MeasuredProfile, stats: RunStats) -> P
     draft = resolve_draft(plan.target.ref, target, plan.draft.ref if plan.draft else None, plan.knobs.draft_method,
                           plan.knobs.head_embedding)[1]
     drafts = plan.knobs.draft_length > 0  # n-gram plans draft without a draft model
-    kwargs = {"histogram": measured.acceptance_histogram} if drafts and measured.acceptance_histogram else {}
+    kwargs = {"histogram": measured.acceptance_histogram, "ranks": measured.rank_histogram} \
+        if drafts and measured.acceptance_histogram else {}
     speed = predict_speed(target, draft, plan.knobs, measured.latency(), context=int(stats.mean_context),
                           new_tokens=stats.max_new, **kwargs)
     return PredictedAtRun(speed.tokens_per_s, speed.plain_tokens_per_s, speed.speedup)
@@ -300,10 +317,12 @@ def verify_prompts(num_prompts: int, batch: int) -> list[str]:
 
 def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int = 8, max_new_tokens: int = 64,
            device: str | None = None, compare_plain: bool = True, models: tuple | None = None,
-           worst_case: bool = True) -> VerifyReport:
+           worst_case: bool = True, abba: bool = True) -> VerifyReport:
     """Run the engine on the plan over calibration prompts, in whole batches of the plan's batch
     (verify_prompts: `num_prompts` rounded up), and plain decoding with the same batch and context;
-    measured speed and memory beside the predictions.
+    measured speed and memory beside the predictions. `abba`: the plan, plain, plain, the plan, each pair
+    pooled, so a machine whose speed drifts during the runs (shared hosts drift by tens of percent over
+    seconds) moves both sides alike: the measured speedup is their ratio. One engine at a time, as before.
     `models`: (target, draft) already loaded (engine.loading.LoadedModel), to skip loading.
     `worst_case`: also fill the whole context once (worst_case_activations), since chat prompts
     never reach the activation peak the plan reserves."""
@@ -317,12 +336,17 @@ def verify(plan: Plan, measured: MeasuredProfile | None = None, num_prompts: int
     draft = draft if plan.draft is not None else None
     prompts = verify_prompts(num_prompts, plan.knobs.batch_size)
     sd = run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens)
-    at_run = _predict_at_run(plan, measured, sd.stats) if measured is not None else None
     plain = None
     if compare_plain and plan.knobs.method(plan.draft is not None) != "none":  # n-gram plans have no draft model
-        plain = run_prompts(_plain_plan(plan), target, None, torch_device, prompts, max_new_tokens)
+        plain_plan = _plain_plan(plan)
+        plain = run_prompts(plain_plan, target, None, torch_device, prompts, max_new_tokens)
+        if abba:
+            plain = pooled(plain, run_prompts(plain_plan, target, None, torch_device, prompts, max_new_tokens))
+            sd = pooled(sd, run_prompts(plan, target, draft, torch_device, prompts, max_new_tokens))
+    at_run = _predict_at_run(plan, measured, sd.stats) if measured is not None else None
+    order = "plan" if plain is None else "plan, plain, plain, plan" if abba else "plan, plain"
     return VerifyReport(
-        prompts=len(prompts), distinct_prompts=len(set(prompts)), max_new_tokens=max_new_tokens, engine=sd,
+        order=order, prompts=len(prompts), distinct_prompts=len(set(prompts)), max_new_tokens=max_new_tokens, engine=sd,
         memory_error_percent=MemoryErrors(
             static_total=error_percent(sd.static_bytes("measured"), sd.static_bytes("predicted")),
             total=sd.memory["measured"]["total_error_percent"]),

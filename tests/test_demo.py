@@ -45,7 +45,8 @@ def test_demo_writes_a_plan_its_notes_describe(tiny_pair, tmp_path):
     # render_verify's table: measured beside predicted, for the plan and (with a draft) plain decoding
     # verified in whole batches of the plan's batch: 2 prompts asked, rounded up to a multiple of it
     rows = -(-2 // batch) * batch
-    assert f"verified on {rows} calibration prompts, up to 8 new tokens each:" in result.stdout
+    runs = "; runs plan, plain, plain, plan, each side's two pooled" if plan.draft is not None or k else ""
+    assert f"verified on {rows} calibration prompts, up to 8 new tokens each{runs}:" in result.stdout
     assert plan.measured["run"]["prompts"] == rows
     if rows != 2:
         assert f"verify: {rows} prompts, {rows // batch} full batch(es) of the plan's batch {batch} (2 asked)" in result.stderr

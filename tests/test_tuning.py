@@ -36,6 +36,12 @@ def test_profile_tune_verify(tiny_pair, tmp_path):
     # verified as the plan runs: whole batches of its batch, at least the 8 prompts asked for
     run = plan.measured["run"]
     assert run["prompts"] % plan.knobs.batch_size == 0 and 8 <= run["prompts"] < 8 + plan.knobs.batch_size
+    # the plan and plain decoding ran plan, plain, plain, plan, each side's two runs pooled (new tokens twice over)
+    if plan.knobs.draft_length:
+        assert run["order"] == "plan, plain, plain, plan"
+        verified = json.loads(result.stdout)["measured"] if "measured" in json.loads(result.stdout) else plan.measured
+        assert verified["speedup_over_plain"] == pytest.approx(
+            verified["decode_tokens_per_s"] / verified["plain_decode_tokens_per_s"])
     # the static parts the engine allocated are the plan's prediction to the byte
     assert plan.measured["memory_error_percent"]["static_total"] == 0
     # the activation bound is exercised once with the whole context filled
@@ -258,3 +264,25 @@ def test_random_weight_config_reads_the_file_the_shape_came_from(tmp_path):
     assert random_weight_config(load_shape("llama-68m")) == cfg
     with pytest.raises(SpecMemoError, match="real weights"):
         random_weight_config(load_shape("bundled:smollm2-135m-draft"))
+
+
+def test_verify_runs_plan_plain_plain_plan_and_pools_each_side(tiny_pair):
+    """A shared machine drifts by tens of percent over seconds: verify runs the plan, plain decoding twice,
+    the plan again, and pools each side (counts and seconds summed), so the measured speedup is their ratio."""
+    from conftest import make_test_plan
+    from engine.workflow import run_prompts, verify, verify_prompts
+
+    target, draft = tiny_pair
+    plan = make_test_plan(target, draft, max_context=64, max_new_tokens=8, draft_length=2)
+    report = verify(plan, num_prompts=2, max_new_tokens=8, worst_case=False)
+    once = verify(plan, num_prompts=2, max_new_tokens=8, worst_case=False, abba=False)
+    assert report.order == "plan, plain, plain, plan" and once.order == "plan, plain"
+    # greedy: both passes generate the same tokens, so each side's pooled counts are twice one pass's
+    assert report.engine.stats.new_tokens == 2 * once.engine.stats.new_tokens
+    assert report.plain.stats.new_tokens == 2 * once.plain.stats.new_tokens
+    assert report.engine.stats.accepted_histogram == [2 * n for n in once.engine.stats.accepted_histogram]
+    assert report.measured_speedup == pytest.approx(report.engine.stats.decode_tokens_per_s
+                                                    / report.plain.stats.decode_tokens_per_s)
+    assert report.engine.static_bytes("measured") == report.engine.static_bytes("predicted")  # the first pass's
+    single = run_prompts(plan, None, None, "cpu", verify_prompts(2, 1), 8)
+    assert single.raw is not None and len(single.contexts) == 2

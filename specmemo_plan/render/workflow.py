@@ -110,6 +110,7 @@ def render_verify(v) -> str:
     cycled = getattr(v, "distinct_prompts", v.prompts) < v.prompts
     lines = [f"verified on {v.prompts} calibration prompts, up to {v.max_new_tokens} new tokens each"
              + (f" (whole batches of the plan's batch; {v.distinct_prompts} distinct prompts cycled)" if cycled else "")
+             + (f"; runs {v.order}, each side's two pooled" if getattr(v, "order", "").count(",") > 1 else "")
              + ":",
              table(rows, ["run", "measured tok/s (decode)", "predicted tok/s", "error", "acceptance"])]
     if v.measured_speedup is not None:
