@@ -148,8 +148,6 @@ class Measure:
 
 
 def run(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     target, draft, draft_ref, draft_plan_ref, note = load_pair(args.target, args.draft, args.dtype, device)
     if note:
@@ -282,7 +280,7 @@ def render(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("--draft", default=None, help=f"a model reference, or noisy:SIGMA (default: {DEFAULT_DRAFT} when present)")
     ap.add_argument("-k", "--draft-length", dest="k", type=int, default=4)
@@ -291,15 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per method, best kept")
+    return ap
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The benches' parser: their docstring as help, and the options every bench takes (--threads, --json)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     return ap
 
 
 def bench_main(parser: argparse.ArgumentParser, run_fn, render_fn, argv=None) -> None:
-    """Parse, run, print the table (or --json); a SpecMemoError is one line and exit 2 (the benches' CLI)."""
+    """Parse, set the torch threads, run, print the table (or --json); a SpecMemoError is one line and exit 2
+    (the benches' CLI)."""
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         report = run_fn(args)
     except SpecMemoError as exc:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from engine_bench import Measure, bench_main, bench_prompts, constant_assistant, log, pad_token  # noqa: E402
+from engine_bench import Measure, bench_main, bench_parser, bench_prompts, constant_assistant, log, pad_token  # noqa: E402
 
 from engine.loading import load_model, load_tokenizer  # noqa: E402
 from engine.results import Stats  # noqa: E402
@@ -73,8 +73,6 @@ def engines(args, target, draft, tokenizer, spec, context: int) -> dict:
 
 
 def run(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     target = load_model(args.target, args.dtype, device)
     draft = load_model(DRAFT, args.dtype, device)
@@ -164,7 +162,7 @@ def render(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("-k", "--draft-length", dest="k", type=int, default=3)
     ap.add_argument("--head", default=HEAD, help=f"the EAGLE head (default {HEAD})")
@@ -172,11 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompts-file", help="one prompt per line instead of the calibration prompts")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per method, median kept")
     ap.add_argument("--tree", type=lambda v: tuple(int(x) for x in v.split(",")), default=(3, 2, 6),
                     help="the EAGLE tree's depth,top-k,tokens (default 3,2,6)")
-    ap.add_argument("--json", action="store_true")
     return ap
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from engine_bench import bench_main, bench_prompts, log  # noqa: E402
+from engine_bench import bench_main, bench_parser, bench_prompts, log  # noqa: E402
 
 from engine.loading import load_model, load_tokenizer  # noqa: E402
 from engine.results import Stats  # noqa: E402
@@ -67,8 +67,6 @@ def measured_tokens_per_step(stats: Stats) -> float:
 
 
 def run(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype, torch.device("cpu"))
     tokenizer = load_tokenizer(args.target)
     prompts = bench_prompts(tokenizer, args.num_prompts, None)
@@ -116,16 +114,14 @@ def render(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("--head", default=HEAD, help=f"the EAGLE head (default {HEAD})")
     ap.add_argument("--depth", type=int, default=6, help="the chain whose histogram the model reads")
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--trees", nargs="+", default=list(DEFAULT_TREES), help="depth,top-k,T of each tree")
-    ap.add_argument("--json", action="store_true")
     return ap
 
 

@@ -27,7 +27,9 @@ from specmemo_plan.models import load_shape
 
 from conftest import make_test_plan
 from test_engine import _chi2_pvalue, _exact_marginals
-from test_engine_ngram import PROMPTS, save_cycle_model
+# the n-gram tests' targets: cycle_target cycles 4 tokens broken now and then; clean_cycle_target's clean cycles
+# continue the prompts below 4 5 6 7 ..., not as their latest n-gram did
+from test_engine_ngram import PROMPTS, clean_cycle_target, cycle_target  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,18 +189,6 @@ BRANCHING = [
     [20, 21, 22, 23, 20, 21, 22, 23],
     [40, 41, 42, 43, 44, 40, 41, 50, 40, 41],
 ]
-
-
-@pytest.fixture(scope="module")
-def cycle_target(tmp_path_factory):
-    """Cycles of 4 tokens broken now and then (test_engine_ngram.save_cycle_model)."""
-    return save_cycle_model(tmp_path_factory.mktemp("tree_cycle") / "target", 0.1)
-
-
-@pytest.fixture(scope="module")
-def clean_cycle_target(tmp_path_factory):
-    """Clean cycles of 4 tokens: the prompts below continue 4 5 6 7 ..., not as their latest n-gram did."""
-    return save_cycle_model(tmp_path_factory.mktemp("tree_clean_cycle") / "target", 0.03)
 
 
 @pytest.mark.parametrize("clean,batch", [(True, 1), (True, 4), (False, 4)])
